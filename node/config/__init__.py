@@ -1,0 +1,37 @@
+"""Node settings: schema, loading with precise errors, default config rendering."""
+
+from node.config._load import (
+    Loaded,
+    SettingsError,
+    changed_fields,
+    live_fields,
+    load_settings,
+)
+from node.config._model import (
+    LIVE,
+    ApiSettings,
+    LoggingSettings,
+    RegistrySettings,
+    Section,
+    ServerSettings,
+    StoreSettings,
+)
+from node.config._render import render_default_config
+from node.config._root import Settings
+
+__all__ = [
+    "LIVE",
+    "ApiSettings",
+    "Loaded",
+    "LoggingSettings",
+    "RegistrySettings",
+    "Section",
+    "ServerSettings",
+    "Settings",
+    "SettingsError",
+    "StoreSettings",
+    "changed_fields",
+    "live_fields",
+    "load_settings",
+    "render_default_config",
+]

@@ -1,0 +1,34 @@
+"""The root settings object: one section per service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from node.config._model import (
+    ApiSettings,
+    LoggingSettings,
+    RegistrySettings,
+    Section,
+    ServerSettings,
+    StoreSettings,
+)
+
+
+class Settings(Section):
+    """Everything the node can be configured with. Each attribute is a TOML section."""
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    def store_path(self) -> Path:
+        """The database file this node uses."""
+        return self.store.path or self.server.data_dir / "asgard.db"
+
+    def host_for(self, host: str | None) -> str:
+        """A service's listen address: its own, or the server-wide default."""
+        return host or self.server.host
