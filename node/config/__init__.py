@@ -18,10 +18,12 @@ from node.config._model import (
 )
 from node.config._render import render_default_config
 from node.config._root import Settings
+from node.config._watch import ConfigWatcher, merge_live
 
 __all__ = [
     "LIVE",
     "ApiSettings",
+    "ConfigWatcher",
     "Loaded",
     "LoggingSettings",
     "RegistrySettings",
@@ -33,5 +35,6 @@ __all__ = [
     "changed_fields",
     "live_fields",
     "load_settings",
+    "merge_live",
     "render_default_config",
 ]

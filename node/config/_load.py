@@ -39,7 +39,9 @@ class Loaded:
 
 
 def load_settings(
-    path: Path | None, *, environ: Mapping[str, str] | None = None,
+    path: Path | None,
+    *,
+    environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Loaded:
     """Build settings from defaults, `path` (TOML, optional), the environment and `overrides`.
@@ -87,7 +89,7 @@ def _env_overrides(env: Mapping[str, str]) -> Iterator[tuple[tuple[str, ...], An
     for var in sorted(env):
         if not var.startswith(ENV_PREFIX) or "__" not in var:
             continue
-        key = tuple(part.lower() for part in var[len(ENV_PREFIX):].split("__"))
+        key = tuple(part.lower() for part in var[len(ENV_PREFIX) :].split("__"))
         if any(not part for part in key):
             continue
         yield key, _env_value(env[var]), var
@@ -123,9 +125,7 @@ def _leaf_keys(data: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterato
             yield (*prefix, name)
 
 
-def _describe(
-    exc: ValidationError, origins: Mapping[tuple[str, ...], str], default: str
-) -> list[str]:
+def _describe(exc: ValidationError, origins: Mapping[tuple[str, ...], str], default: str) -> list[str]:
     problems = []
     for err in exc.errors(include_url=False):
         loc = tuple(str(p) for p in err["loc"])

@@ -38,9 +38,7 @@ class ServerSettings(Section):
 class StoreSettings(Section):
     """SQLite store."""
 
-    path: Path | None = Field(
-        None, description="Database file; default: <server.data_dir>/asgard.db."
-    )
+    path: Path | None = Field(None, description="Database file; default: <server.data_dir>/asgard.db.")
     busy_timeout_ms: int = Field(5000, ge=0, le=600_000, description="SQLite busy timeout.")
     writer_batch_max: int = Field(
         512, ge=1, le=100_000, description="Most writes committed in one group commit."
@@ -66,16 +64,14 @@ class ApiSettings(Section):
     rate_per_token: float = Field(
         200.0, gt=0, description="Sustained requests per second per token.", json_schema_extra=LIVE
     )
-    burst_per_token: int = Field(
-        400, ge=1, description="Burst size per token.", json_schema_extra=LIVE
-    )
+    burst_per_token: int = Field(400, ge=1, description="Burst size per token.", json_schema_extra=LIVE)
     rate_per_ip: float = Field(
-        400.0, gt=0, description="Sustained requests per second per client IP.",
+        400.0,
+        gt=0,
+        description="Sustained requests per second per client IP.",
         json_schema_extra=LIVE,
     )
-    burst_per_ip: int = Field(
-        800, ge=1, description="Burst size per client IP.", json_schema_extra=LIVE
-    )
+    burst_per_ip: int = Field(800, ge=1, description="Burst size per client IP.", json_schema_extra=LIVE)
     cors_origins: list[str] = Field(
         default_factory=list,
         description="Origins allowed to call the API from a browser (exact match; empty = none).",
@@ -84,30 +80,38 @@ class ApiSettings(Section):
     public_docs: bool = Field(
         True, description="Serve /openapi.json and /docs without a token (they hold no data)."
     )
-    keep_alive_timeout_s: float = Field(
-        5.0, gt=0, le=600, description="Idle keep-alive connection timeout."
-    )
+    keep_alive_timeout_s: float = Field(5.0, gt=0, le=600, description="Idle keep-alive connection timeout.")
 
 
 class RegistrySettings(Section):
     """Device, network and connection registry, and heartbeat-driven status tracking."""
 
     heartbeat_interval_s: float = Field(
-        30.0, gt=0, le=86_400, description="Expected heartbeat interval of a device.",
+        30.0,
+        gt=0,
+        le=86_400,
+        description="Expected heartbeat interval of a device.",
         json_schema_extra=LIVE,
     )
     inactive_after_missed: int = Field(
-        3, ge=1, le=10_000, description="Missed heartbeats before a device is 'inactive'.",
+        3,
+        ge=1,
+        le=10_000,
+        description="Missed heartbeats before a device is 'inactive'.",
         json_schema_extra=LIVE,
     )
     offline_after_missed: int = Field(
-        10, ge=1, le=100_000, description="Missed heartbeats before a device is 'offline'.",
+        10,
+        ge=1,
+        le=100_000,
+        description="Missed heartbeats before a device is 'offline'.",
         json_schema_extra=LIVE,
     )
 
     world_types: list[str] = Field(
         default_factory=lambda: ["physical", "virtual", "simulated"],
-        min_length=1, description="Accepted values of a device's world_type.",
+        min_length=1,
+        description="Accepted values of a device's world_type.",
     )
     max_capabilities: int = Field(64, ge=0, le=4096, description="Most capabilities per device.")
     max_capability_chars: int = Field(64, ge=1, le=1024, description="Longest capability name.")

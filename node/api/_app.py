@@ -1,0 +1,108 @@
+"""The REST API app (quart-trio) and its server task (hypercorn inside the root nursery)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from quart import Response
+from quart_schema import OpenAPIProvider, QuartSchema, RequestSchemaValidationError
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+import node
+from node.api import _admin_routes, _registry_routes
+from node.api._context import ApiContext
+from node.api._problems import from_http, from_node_error, from_validation, problem
+from node.api._schemas import NoContent, PlainText
+from node.api._security import after_request, before_request
+from node.errors import NodeError
+from node.logs import logger
+
+log = logger("api")
+
+
+class _Provider(OpenAPIProvider):
+    """Documents bodiless (204) and plain-text responses, which quart-schema cannot express."""
+
+    def build_response_object(self, model: Any, headers_model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        if model is NoContent:
+            return {"description": "No content"}, {}
+        if model is PlainText:
+            content = {"text/plain": {"schema": {"type": "string"}}}
+            return {"description": PlainText.__doc__ or "", "content": content}, {}
+        return super().build_response_object(model, headers_model)
+
+
+def create_app(c: ApiContext) -> QuartTrio:
+    """The quart-trio application for this node."""
+    app = QuartTrio("asgard")
+    app.config["ASGARD"] = c
+    app.config["MAX_CONTENT_LENGTH"] = c.settings.api.max_body_bytes
+    app.config["BODY_TIMEOUT"] = 30
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    QuartSchema(
+        app,
+        info={"title": "Asgard node API", "version": node.__version__},
+        openapi_path="/openapi.json",
+        swagger_ui_path=None,
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
+        security=[{"bearer": []}],
+        openapi_provider_class=_Provider,
+    )
+    app.before_request(before_request)
+    app.after_request(after_request)
+    app.register_blueprint(_registry_routes.bp)
+    app.register_blueprint(_admin_routes.bp)
+    app.register_error_handler(NodeError, _node_error)
+    app.register_error_handler(RequestSchemaValidationError, _validation_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _internal_error)
+    return app
+
+
+async def _node_error(exc: NodeError) -> Response:
+    return from_node_error(exc)
+
+
+async def _validation_error(exc: RequestSchemaValidationError) -> Response:
+    return from_validation(exc)
+
+
+async def _http_error(exc: HTTPException) -> Response:
+    return from_http(exc)
+
+
+async def _internal_error(exc: Exception) -> Response:
+    log.error("unhandled error in request", exc_info=exc)
+    return problem(500, "internal error; see the node's log", code="internal")
+
+
+async def serve_api(
+    c: ApiContext,
+    host: str,
+    port: int,
+    shutdown: trio.Event,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the API until `shutdown` is set; reports the base URL (e.g. http://127.0.0.1:7700)."""
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logger("api.http")
+    config.keep_alive_timeout = c.settings.api.keep_alive_timeout_s
+    config.graceful_timeout = c.settings.server.shutdown_grace_s
+    config.include_server_header = False
+    app = create_app(c)
+
+    async def run(*, task_status: trio.TaskStatus[list[str]]) -> None:
+        await hypercorn_serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)
+
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(run)
+        task_status.started(binds[0])

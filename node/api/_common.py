@@ -1,0 +1,41 @@
+"""Helpers shared by the route modules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from quart_schema import document_response
+
+from node.api._schemas import Problem
+from node.api._security import ctx
+from node.errors import InvalidInput
+from node.registry import _validate as v
+
+F = TypeVar("F", bound=Callable[..., object])
+
+COMMON_PROBLEMS = (400, 401, 403, 404, 413, 429)
+
+
+def problems(*extra: int) -> Callable[[F], F]:
+    """Document the problem responses a route can give (the common ones plus `extra`)."""
+
+    def decorate(func: F) -> F:
+        for status in (*COMMON_PROBLEMS, *extra):
+            func = document_response(Problem, status)(func)
+        return func
+
+    return decorate
+
+
+def page_limit(requested: int | None) -> int:
+    api = ctx().settings.api
+    if requested is None:
+        return api.page_size_default
+    if requested > api.page_size_max:
+        raise InvalidInput(f"limit: at most {api.page_size_max}")
+    return requested
+
+
+def cursor(value: str | None) -> str | None:
+    return None if value is None else v.uuid_id(value, "cursor")

@@ -1,0 +1,222 @@
+"""The node process: one Trio root nursery running every service.
+
+Start-up: take the store's lock file, migrate, bootstrap the first admin token, start each service
+with `nursery.start` (each reports its bound address), then announce the addresses as one JSON line.
+Shutdown (SIGINT/SIGTERM or `NodeHandle.stop()`): readiness turns to 'stopping', listeners stop
+accepting and drain, and whatever is still running when `server.shutdown_grace_s` has passed is
+cancelled. Storage closes last, after every service has flushed what it buffers.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import node
+from node.api import ApiContext, serve_api
+from node.clock import WallClock
+from node.config import ConfigWatcher, Settings
+from node.errors import StoreError
+from node.logs import Logs, event, logger
+from node.registry import Registry
+from node.storage import Storage, open_storage
+from node.tokens import AuditLog, TokenService, bootstrap_admin
+from store import meta
+
+log = logger("node")
+
+
+@dataclass
+class NodeHandle:
+    """What a running node exposes to its starter (CLI, tests, benchmarks)."""
+
+    node_id: str
+    addresses: dict[str, str]
+    admin_token: str | None
+    settings: Settings
+    storage: Storage
+    registry: Registry
+    tokens: TokenService
+    api: ApiContext
+    _stop: trio.Event = field(default_factory=trio.Event)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown."""
+        self._stop.set()
+
+    def announcement(self) -> dict[str, Any]:
+        """The one JSON line printed when the node is up."""
+        line: dict[str, Any] = dict(self.addresses)
+        line["node_id"] = self.node_id
+        line["pid"] = os.getpid()
+        if self.admin_token:
+            line["admin_token"] = self.admin_token
+        return line
+
+
+def ephemeral_overrides(data_dir: Path) -> dict[str, Any]:
+    """Settings for `serve --ephemeral`: a temporary store, every listener on 127.0.0.1, port 0."""
+    overrides: dict[str, Any] = {"server.host": "127.0.0.1", "server.data_dir": str(data_dir)}
+    for section, fld in Settings.model_fields.items():
+        model = fld.annotation
+        fields = getattr(model, "model_fields", {})
+        if "port" in fields:
+            overrides[f"{section}.port"] = 0
+        if "host" in fields and section != "server":
+            overrides[f"{section}.host"] = "127.0.0.1"
+    return overrides
+
+
+@asynccontextmanager
+async def temporary_data_dir() -> AsyncIterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="asgard-ephemeral-") as tmp:
+        yield Path(tmp)
+
+
+class StoreLock:
+    """An exclusive advisory lock next to the database: one node per store, and no restore under a
+    running node."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.path = Path(str(db_path) + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Raises StoreError when another process holds the lock."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(f"{self.path}: the store is in use by another Asgard process") from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _node_identity(conn: Any, now: float) -> tuple[str, str | None]:
+    node_id = meta.get(conn, "node_id")
+    if node_id is None:
+        node_id = str(uuid.uuid4())
+        meta.put(conn, "node_id", node_id)
+    return node_id, bootstrap_admin(conn, now)
+
+
+async def run_node(
+    settings: Settings,
+    *,
+    config_path: Path | None = None,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[NodeHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the node until stopped. Reports a NodeHandle once every service is up."""
+    logs = Logs(settings.logging, settings.server.data_dir)
+    db_path = settings.store_path()
+    lock = StoreLock(db_path)
+    lock.acquire()
+    try:
+        async with open_storage(db_path, settings.store) as storage:
+            await _run_services(settings, storage, logs, config_path, handle_signals, task_status)
+    finally:
+        lock.release()
+        logs.close()
+
+
+async def _run_services(
+    settings: Settings,
+    storage: Storage,
+    logs: Logs,
+    config_path: Path | None,
+    handle_signals: bool,
+    task_status: trio.TaskStatus[NodeHandle],
+) -> None:
+    clock = WallClock()
+    node_id, admin_token = await storage.write(_node_identity, clock.now())
+    registry = Registry(storage, settings.registry, clock)
+    tokens = TokenService(storage, clock)
+    audit = AuditLog(storage, clock)
+    api = ApiContext(
+        settings=settings,
+        node_id=node_id,
+        clock=clock,
+        storage=storage,
+        registry=registry,
+        tokens=tokens,
+        audit=audit,
+        logs=logs,
+        started_at=clock.now(),
+    )
+    api.stats_providers["registry"] = registry.statistics
+    api.stats_providers["store"] = lambda: vars(storage.stats).copy()
+    handle = NodeHandle(node_id, {}, admin_token, settings, storage, registry, tokens, api)
+    watcher = ConfigWatcher(config_path, settings, _applier(handle, logs)) if config_path else None
+    if watcher:
+        api.stats_providers["config"] = watcher.statistics
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(registry.run)
+        nursery.start_soon(tokens.run, name="tokens-last-used")
+        nursery.start_soon(audit.run, name="audit-writer")
+        host = settings.host_for(settings.api.host)
+        api_done = trio.Event()
+        handle.addresses["api"] = await nursery.start(
+            _until_done, api_done, serve_api, api, host, settings.api.port, shutdown
+        )
+        if watcher:
+            nursery.start_soon(watcher.run, settings.server.config_poll_interval_s, name="config-watch")
+        if handle_signals:
+            nursery.start_soon(_stop_on_signal, handle, name="signals")
+        api.state = "ok"
+        event(log, 20, "node ready", node_id=node_id, version=node.__version__, **handle.addresses)
+        task_status.started(handle)
+        await handle._stop.wait()
+        event(log, 20, "node stopping", grace_s=settings.server.shutdown_grace_s)
+        api.state = "stopping"
+        shutdown.set()
+        with trio.move_on_after(settings.server.shutdown_grace_s):
+            await api_done.wait()
+        nursery.cancel_scope.cancel()
+
+
+async def _until_done(
+    done: trio.Event, serve: Callable[..., Any], *args: Any, task_status: trio.TaskStatus[Any]
+) -> None:
+    """Run a server task and set `done` when it returns (it drained after its shutdown trigger)."""
+    try:
+        await serve(*args, task_status=task_status)
+    finally:
+        done.set()
+
+
+def _applier(handle: NodeHandle, logs: Logs) -> Callable[[Settings], None]:
+    def apply(settings: Settings) -> None:
+        handle.settings = settings
+        logs.apply(settings.logging)
+        handle.registry.apply(settings.registry)
+        handle.api.apply(settings)
+        for hook in handle.extra.get("reload_hooks", []):
+            hook(settings)
+
+    return apply
+
+
+async def _stop_on_signal(handle: NodeHandle) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            handle.stop()
+            return
