@@ -122,16 +122,21 @@ async def run_node(
     *,
     config_path: Path | None = None,
     handle_signals: bool = True,
+    overrides: dict[str, Any] | None = None,
     task_status: trio.TaskStatus[NodeHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the node until stopped. Reports a NodeHandle once every service is up."""
+    """Run the node until stopped. Reports a NodeHandle once every service is up.
+
+    `overrides` are the dotted-key settings applied on top of the file (e.g. by `--ephemeral`);
+    hot reload applies them again to every new version of the file.
+    """
     logs = Logs(settings.logging, settings.server.data_dir)
     db_path = settings.store_path()
     lock = StoreLock(db_path)
     lock.acquire()
     try:
         async with open_storage(db_path, settings.store) as storage:
-            await _run_services(settings, storage, logs, config_path, handle_signals, task_status)
+            await _run_services(settings, storage, logs, config_path, overrides, handle_signals, task_status)
     finally:
         lock.release()
         logs.close()
@@ -142,6 +147,7 @@ async def _run_services(
     storage: Storage,
     logs: Logs,
     config_path: Path | None,
+    overrides: dict[str, Any] | None,
     handle_signals: bool,
     task_status: trio.TaskStatus[NodeHandle],
 ) -> None:
@@ -164,9 +170,11 @@ async def _run_services(
     api.stats_providers["registry"] = registry.statistics
     api.stats_providers["store"] = lambda: vars(storage.stats).copy()
     handle = NodeHandle(node_id, {}, admin_token, settings, storage, registry, tokens, api)
-    watcher = ConfigWatcher(config_path, settings, _applier(handle, logs)) if config_path else None
-    if watcher:
+    watcher = None
+    if config_path:
+        watcher = ConfigWatcher(config_path, settings, _applier(handle, logs), overrides=overrides)
         api.stats_providers["config"] = watcher.statistics
+        handle.extra["config_watcher"] = watcher
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         await nursery.start(registry.run)

@@ -135,21 +135,24 @@ def _serve(path: Path | None, ephemeral: bool) -> int:
     async def main() -> None:
         if ephemeral:
             async with temporary_data_dir() as tmp:
-                settings = load_settings(path, overrides=ephemeral_overrides(tmp)).settings
-                await _run_and_announce(settings, path)
+                overrides = ephemeral_overrides(tmp)
+                settings = load_settings(path, overrides=overrides).settings
+                await _run_and_announce(settings, path, overrides)
         else:
-            await _run_and_announce(load_settings(path).settings, path)
+            await _run_and_announce(load_settings(path).settings, path, None)
 
     trio.run(main)
     return 0
 
 
-async def _run_and_announce(settings: Settings, path: Path | None) -> None:
+async def _run_and_announce(settings: Settings, path: Path | None, overrides: dict[str, Any] | None) -> None:
     from node.app import run_node
 
     async with trio.open_nursery() as nursery:
         handle = await nursery.start(
-            lambda task_status: run_node(settings, config_path=path, task_status=task_status)
+            lambda task_status: run_node(
+                settings, config_path=path, overrides=overrides, task_status=task_status
+            )
         )
         print(json.dumps(handle.announcement()), flush=True)
         if handle.admin_token:

@@ -43,11 +43,14 @@ class ConfigWatcher:
         apply: Callable[[Settings], None],
         *,
         environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = path
         self.current = current
         self._apply = apply
         self._environ = dict(os.environ if environ is None else environ)
+        self._overrides = dict(overrides or {})
+        self.observers: list[Callable[[bool, str | None], None]] = []
         self._fingerprint = self._read_fingerprint()
         self.pending_restart: list[str] = []
         self.last_error: str | None = None
@@ -71,7 +74,7 @@ class ConfigWatcher:
             return False
         self._fingerprint = fingerprint
         try:
-            new = load_settings(self.path, environ=self._environ).settings
+            new = load_settings(self.path, environ=self._environ, overrides=self._overrides).settings
         except SettingsError as exc:
             self.last_error = "; ".join(exc.problems)
             event(
@@ -81,19 +84,24 @@ class ConfigWatcher:
                 path=str(self.path),
                 problems=exc.problems,
             )
+            self._notify(False)
             return False
         self.last_error = None
         effective, applied, restart = merge_live(self.current, new)
         self.pending_restart = sorted(".".join(k) for k in restart)
         if restart:
             event(log, 30, "config change needs a restart to take effect", keys=self.pending_restart)
-        if not applied:
-            return False
-        self.current = effective
-        self._apply(effective)
-        self.reloads += 1
-        event(log, 20, "config reloaded", applied=sorted(".".join(k) for k in applied))
-        return True
+        if applied:
+            self.current = effective
+            self._apply(effective)
+            self.reloads += 1
+            event(log, 20, "config reloaded", applied=sorted(".".join(k) for k in applied))
+        self._notify(bool(applied))
+        return bool(applied)
+
+    def _notify(self, applied: bool) -> None:
+        for observer in self.observers:
+            observer(applied, self.last_error)
 
     def statistics(self) -> dict[str, Any]:
         return {
