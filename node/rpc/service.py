@@ -1,0 +1,228 @@
+"""The gRPC router as a Trio service: `RpcServer.serve` / `serve_rpc`.
+
+Start-up: open the island (or use one given), build the handlers behind the gate, start grpclib's
+server on the island and report the bound address with `task_status.started`. Shutdown (the
+serving task is cancelled): every health status goes NOT_SERVING, the listening socket is closed
+(no new connections), new calls on open connections are answered UNAVAILABLE, long-lived streams
+are ended with UNAVAILABLE, unary calls in flight get up to `shutdown_grace_s` (within their own
+deadline), then whatever is left is cancelled, every client connection is closed, the island loop
+stops and its thread is joined.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import weakref
+from typing import Any, Protocol
+
+import grpclib.server
+import trio
+from grpclib.protocol import H2Protocol
+
+from node.rpc import _health, _svc_locks, _svc_registry, _svc_routing
+from node.rpc._gate import Gate, Method
+from node.rpc._health import HealthService, HealthState
+from node.rpc._island import Island, open_island
+from node.rpc._reflection import reflection_methods
+from node.rpc.backend import Authenticator, RpcBackend
+from node.rpc.settings import RpcSettings
+
+log = logging.getLogger("asgard.rpc")
+SERVICE_NAMES = (
+    _svc_registry.SERVICE,
+    _svc_routing.ROUTING,
+    _svc_routing.CAPABILITIES,
+    _svc_locks.SERVICE,
+    _health.SERVICE,
+)
+_CLOSE_TIMEOUT_S = 2.0
+
+
+class _Service(Protocol):
+    def methods(self) -> list[Method]: ...
+
+
+class _Mapping:
+    """Something grpclib's Server accepts as a handler: it only calls `__mapping__`."""
+
+    def __init__(self, mapping: dict[str, grpclib.const.Handler]) -> None:
+        self._mapping = mapping
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        return self._mapping
+
+
+class _Server(grpclib.server.Server):
+    """grpclib's server, remembering its connections so shutdown can close them."""
+
+    def __init__(self, handlers: list[Any]) -> None:
+        super().__init__(handlers)
+        self.protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
+
+    def _protocol_factory(self) -> H2Protocol:
+        protocol = super()._protocol_factory()
+        self.protocols.add(protocol)
+        return protocol
+
+    def stop_accepting(self) -> None:
+        # grpclib 0.4 has no public way to stop listening without cancelling every call.
+        if self._server is not None:
+            self._server.close()
+
+    def close_connections(self) -> None:
+        for protocol in list(self.protocols):
+            processor = getattr(protocol, "processor", None)
+            if processor is not None:
+                processor.close("the server stopped")
+
+    def bound_address(self) -> tuple[str, int]:
+        sockets = getattr(self._server, "sockets", None)
+        assert sockets, "the server is not listening"
+        host, port = sockets[0].getsockname()[:2]
+        return str(host), int(port)
+
+
+class RpcServer:
+    """The gRPC router; `serve` runs it, `apply_settings` changes live settings, `health` sets
+    the per-service statuses reported by grpc.health.v1."""
+
+    def __init__(
+        self,
+        settings: RpcSettings,
+        backend: RpcBackend,
+        authenticator: Authenticator,
+        *,
+        health: HealthState | None = None,
+        island: Island | None = None,
+    ) -> None:
+        self._settings = settings
+        self._backend = backend
+        self._authenticator = authenticator
+        self._island = island
+        self.health = health if health is not None else HealthState()
+        self._health_service = HealthService(self.health, settings.public_health)
+        self._gate: Gate | None = None
+        self._server: _Server | None = None
+        self.address: tuple[str, int] | None = None
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until cancelled; reports the bound (host, port) when listening."""
+        if self._island is not None:
+            await self._serve_on(self._island, task_status)
+            return
+        settings = self._settings
+        async with open_island(
+            name="asgard-rpc",
+            max_in_flight=settings.max_in_flight,
+            window=settings.stream_window,
+            stop_timeout_s=settings.stop_timeout_s,
+        ) as island:
+            await self._serve_on(island, task_status)
+
+    def apply_settings(self, settings: RpcSettings) -> None:
+        """Apply the live fields of `settings` (see `node.rpc.settings`); call from Trio."""
+        self._settings = settings
+        self._health_service.public = settings.public_health
+        gate = self._gate
+        if gate is not None and self._island is not None:
+            self._island.call_soon(gate.apply_settings, settings)
+
+    def statistics(self) -> dict[str, int]:
+        """Bridge counters and calls in the gate."""
+        stats = {} if self._island is None else self._island.statistics()
+        if self._gate is not None:
+            stats["active_calls"] = self._gate.active_calls()
+        return stats
+
+    async def _serve_on(self, island: Island, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+        self._island = island
+        self._gate = Gate(island.bridge, self._authenticator, self._settings)
+        methods = self._methods()
+        context = self._ssl_context()
+        self.address = await island.run(self._start, methods, context)
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, "serving")
+        try:
+            task_status.started(self.address)
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._shutdown(island)
+            self._gate = None
+
+    async def _shutdown(self, island: Island) -> None:
+        self.health.set_all("not_serving")
+        grace = self._settings.shutdown_grace_s
+        with trio.move_on_after(grace + 2 * _CLOSE_TIMEOUT_S) as scope:
+            await island.run(self._stop, grace)
+        if scope.cancelled_caught:
+            log.error("the gRPC server did not stop in time")
+
+    def _methods(self) -> list[Method]:
+        services: list[_Service] = [
+            _svc_registry.RegistryService(self._backend),
+            _svc_routing.RoutingService(self._backend),
+            _svc_routing.CapabilitiesService(self._backend),
+            _svc_locks.LockService(self._backend),
+            self._health_service,
+        ]
+        methods = [m for service in services for m in service.methods()]
+        if self._settings.reflection:
+            methods += reflection_methods(list(SERVICE_NAMES))
+        return methods
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        settings = self._settings
+        if settings.tls_cert_path is None or settings.tls_key_path is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(settings.tls_cert_path, settings.tls_key_path)
+        context.set_alpn_protocols(["h2"])  # gRPC clients insist on ALPN "h2"
+        if settings.tls_client_ca_path is not None:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(settings.tls_client_ca_path)
+        return context
+
+    # Island side ---------------------------------------------------------------------------
+    async def _start(self, methods: list[Method], context: ssl.SSLContext | None) -> tuple[str, int]:
+        assert self._gate is not None
+        gate = self._gate
+        server = _Server([_Mapping({m.name: gate.handler(m) for m in methods})])
+        host = self._settings.host or "0.0.0.0"  # noqa: S104 - the lead resolves server.host
+        await server.start(host, self._settings.port, ssl=context, reuse_address=True)
+        self._server = server
+        self.health.attach(asyncio.get_running_loop())
+        return server.bound_address()
+
+    async def _stop(self, grace_s: float) -> None:
+        server, gate = self._server, self._gate
+        assert server is not None
+        assert gate is not None
+        server.stop_accepting()
+        await gate.drain(grace_s)
+        server.close()
+        server.close_connections()
+        try:
+            await asyncio.wait_for(server.wait_closed(), _CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("gRPC handlers did not finish after cancellation")
+        self.health.detach()
+
+
+async def serve_rpc(
+    settings: RpcSettings,
+    backend: RpcBackend,
+    authenticator: Authenticator,
+    *,
+    health: HealthState | None = None,
+    island: Island | None = None,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the gRPC router until cancelled (see `RpcServer`); reports the bound address."""
+    server = RpcServer(settings, backend, authenticator, health=health, island=island)
+    await server.serve(task_status=task_status)
