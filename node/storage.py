@@ -196,11 +196,21 @@ class Storage:
             while True:
                 await trio.sleep(self._settings.checkpoint_interval_s)
                 if self._writes_since_checkpoint:
-                    self._writes_since_checkpoint = 0
-                    await trio.to_thread.run_sync(conn.wal_checkpoint, None, apsw.SQLITE_CHECKPOINT_PASSIVE)
-                    self.stats.checkpoints += 1
+                    await self.checkpoint(conn)
         finally:
             conn.close()
+
+    async def checkpoint(self, conn: apsw.Connection | None = None) -> None:
+        """Copy the WAL into the database file (PASSIVE: never blocks the writer)."""
+        self._writes_since_checkpoint = 0
+        own = conn is None
+        conn = conn or open_db(self.path, busy_timeout_ms=self._settings.busy_timeout_ms)
+        try:
+            await trio.to_thread.run_sync(conn.wal_checkpoint, None, apsw.SQLITE_CHECKPOINT_PASSIVE)
+        finally:
+            if own:
+                conn.close()
+        self.stats.checkpoints += 1
 
     def size_bytes(self) -> int:
         """Database plus WAL size on disk."""
