@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from node.errors import Conflict, Deadlock, NodeError
+
 
 class LockMode(StrEnum):
     """Exclusive holders are alone; shared holders coexist with other shared holders."""
@@ -156,3 +158,18 @@ LockEvent = (
 
 ENDED_EVENTS = (LockExpired, LockPreempted, LockReleased)
 """Events after which a lease is no longer held."""
+
+
+def refusal_error(reason: RefusalReason, resource: str, cycle: tuple[str, ...] = ()) -> NodeError:
+    """The NodeError an acquire call raises when its request was refused."""
+    if reason is RefusalReason.DEADLOCK:
+        return Deadlock(
+            f"waiting for {resource!r} would deadlock: {' -> '.join(cycle)}",
+            resource=resource,
+            cycle=list(cycle),
+        )
+    if reason is RefusalReason.TIMEOUT:
+        return Conflict(f"lock {resource!r} not granted in time", resource=resource, reason=reason.value)
+    return Conflict(
+        f"lock request for {resource!r} ended: {reason.value}", resource=resource, reason=reason.value
+    )

@@ -123,6 +123,12 @@ class LockState:
         self._counters[lease.resource] = max(self._counters.get(lease.resource, 0), lease.token)
         self._add_holder(res, lease)
 
+    def new_request_id(self) -> int:
+        """Allocate a request id (for requests decided elsewhere, such as cluster locks)."""
+        wid = self._next_id
+        self._next_id += 1
+        return wid
+
     def apply_settings(self, settings: LockSettings) -> None:
         """Use new live settings from now on (existing leases and waiters keep their terms)."""
         self.settings = settings
@@ -284,8 +290,7 @@ class LockState:
     # -- queue and grants -------------------------------------------------------------------
 
     def _enqueue(self, res: Resource, req: AcquireRequest, now: float) -> Waiter:
-        wid = self._next_id
-        self._next_id += 1
+        wid = self.new_request_id()
         waiter = Waiter(wid, req, now, now + req.wait_s, min(req.priority, self.settings.max_priority))
         self.waiters[wid] = waiter
         self._owner_waiters.setdefault(req.owner, {})[wid] = None
