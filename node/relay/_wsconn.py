@@ -89,11 +89,13 @@ class WsConnection:
 
     __slots__ = (
         "_closed",
+        "_closed_event",
         "_decoder",
         "_engine",
         "_greedy_reads",
         "_last_rx",
         "_ping_sent_at",
+        "_protocol_error",
         "_reading",
         "_ready",
         "_sent_close",
@@ -123,8 +125,10 @@ class WsConnection:
         )
         self._writing = False
         self._write_waiters = trio.lowlevel.ParkingLot()
-        self._ready: list[WsEvent] = self._decoder.feed(leftover) if leftover else []
+        self._ready: list[WsEvent] = []
+        self._protocol_error: DecodeError | None = None  # found by the decoder, acted on by the reader
         self._closed: ConnectionClosed | None = None
+        self._closed_event: trio.Event | None = None  # made only when `aclose` must wait for it
         self._sent_close = False
         self._reading = False
         self._greedy_reads = 0
@@ -133,6 +137,8 @@ class WsConnection:
         engine.connections.add(self)
         # messages_in, bytes_in, messages_out, bytes_out, recv_calls, sendmsg_calls, pings_sent
         self._stats = [0, 0, 0, 0, 0, 0, 0]
+        if leftover:  # frames the client sent right behind its upgrade request
+            self._decode(leftover)
 
     @property
     def closed(self) -> ConnectionClosed | None:
@@ -156,8 +162,12 @@ class WsConnection:
             while True:
                 if self._closed is not None:
                     raise self._closed
-                if not self._ready:
+                if not self._ready and self._protocol_error is None:
                     await self._fill()
+                if self._protocol_error is not None and not self._ready:
+                    error = self._protocol_error
+                    await self._fail(error.hint or CLOSE_POLICY_VIOLATION, str(error))
+                    continue
                 messages = await self._take_ready()
                 if messages:
                     return messages
@@ -191,11 +201,14 @@ class WsConnection:
         self._last_rx = trio.current_time()
         if n == len(buf):
             self._greedy_reads += 1
-        try:
-            self._ready += self._decoder.feed(self._engine.receive_view[:n])
-        except DecodeError as exc:
-            self._ready.append(Close(exc.hint or CLOSE_POLICY_VIOLATION, f"!{exc}"))
+        self._decode(self._engine.receive_view[:n])
         return True
+
+    def _decode(self, data: bytes | memoryview) -> None:
+        try:
+            self._ready += self._decoder.feed(data)
+        except DecodeError as exc:
+            self._protocol_error = exc
 
     async def _wait_readable(self) -> None:
         try:
@@ -243,9 +256,6 @@ class WsConnection:
         return messages
 
     async def _on_close_event(self, event: Close, *, have_messages: bool) -> None:
-        if event.reason.startswith("!"):  # our own marker for a decode error, see _recv_nowait
-            await self._fail(event.code, event.reason[1:])
-            return
         if have_messages:  # deliver what came before the close first
             self._ready.insert(0, event)
             return
@@ -325,12 +335,15 @@ class WsConnection:
         with trio.move_on_after(self._engine.settings.close_timeout_s) as scope:
             scope.shield = True
             await self._send_close_quietly(code, reason)
-            if not self._reading:
+            if self._reading:  # the reader will see the peer's close frame and finish
+                self._closed_event = self._closed_event or trio.Event()
+                await self._closed_event.wait()
+            else:
                 await self._drain_until_close()
         self._finish(ConnectionClosed(code, reason, local=True))
 
     async def _drain_until_close(self) -> None:
-        while self._closed is None:
+        while self._closed is None and self._protocol_error is None:
             if not self._ready:
                 await self._wait_readable()
                 self._recv_nowait()
@@ -373,6 +386,8 @@ class WsConnection:
         self._closed = exc
         self._ready = []
         self._engine.connections.discard(self)
+        if self._closed_event is not None:
+            self._closed_event.set()
         trio.lowlevel.notify_closing(self._sock)
         self._sock.close()
 

@@ -6,6 +6,7 @@ import struct
 
 import pytest
 import trio
+import trio.testing
 
 from node.relay._wsconn import ConnectionClosed, WsConnection
 from node.relay._wsserve import WsEngine, WsRequest
@@ -281,3 +282,45 @@ async def test_apply_settings_live_keeps_restart_only_fields() -> None:
     assert engine.settings.ping_interval_s == 3
     assert engine.settings.receive_buffer_bytes == 8192
     assert len(engine.receive_buffer) == 8192
+
+
+async def test_aclose_while_another_task_reads(raw_client_cls, frame) -> None:
+    engine = WsEngine()
+    client, server_sock = raw_client_cls.pair()
+    conn = WsConnection(server_sock, engine, make_request())
+    seen: list[ConnectionClosed] = []
+
+    async def reader() -> None:
+        with pytest.raises(ConnectionClosed) as info:
+            await conn.receive_batch()
+        seen.append(info.value)
+
+    async def peer() -> None:
+        assert await client.read_close() == 4000
+        await client.send(frame(OP_CLOSE, struct.pack("!H", 4000)))
+
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as inner:
+            inner.start_soon(reader)
+            inner.start_soon(peer)
+            await trio.testing.wait_all_tasks_blocked()
+            await conn.aclose(4000, "replaced by a newer session")
+    assert seen[0].code == 4000
+    assert not seen[0].local  # ended by the peer's answer, not by the deadline
+    client.close()
+
+
+async def test_protocol_error_glued_to_handshake_closes_1002(
+    start_server, raw_clients, raw_client_cls, frame
+) -> None:
+    port, _ = await start_server(echo_handler)
+    client = await raw_client_cls.connect(port)
+    raw_clients.append(client)
+    request = (
+        b"GET /echo HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with trio.fail_after(TIMEOUT_S):
+        await client.send(request + frame(OP_BINARY, b"ok") + frame(OP_BINARY, b"bad", masked=False))
+        assert (await client.read_http()).startswith(b"HTTP/1.1 101")
+        assert await client.read_close() == 1002
