@@ -45,6 +45,8 @@ class Island:
         self._started = trio.Event()
         self._stopped = trio.Event()
         self._failure: BaseException | None = None
+        self.tasks_left_at_stop = 0
+        """asyncio tasks still running when the loop was told to stop (0 after a clean shutdown)."""
 
     async def run(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         """Run the coroutine function `fn(*args)` on the island and return its result (Trio)."""
@@ -80,6 +82,7 @@ class Island:
     def _teardown(self) -> None:
         loop = self.loop
         tasks = asyncio.all_tasks(loop)
+        self.tasks_left_at_stop = len(tasks)
         for task in tasks:
             task.cancel()
         if tasks:
@@ -126,11 +129,19 @@ async def open_island(
 ) -> AsyncIterator[Island]:
     """Start the island thread; stop it and join it when the block ends (or is cancelled)."""
     island = Island(name=name, max_in_flight=max_in_flight, window=window)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(island.bridge.run_trio_side)
-        try:
-            await island._wait_started()
-            yield island
-        finally:
-            with trio.CancelScope(shield=True):
-                await island._close(stop_timeout_s)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(island.bridge.run_trio_side)
+            try:
+                await island._wait_started()
+                yield island
+            finally:
+                with trio.CancelScope(shield=True):
+                    await island._close(stop_timeout_s)
+    except BaseExceptionGroup as group:
+        # The nursery is an implementation detail: an error of the caller's block (or of the
+        # start) comes out as itself, not wrapped in a group.
+        if len(group.exceptions) != 1:
+            raise
+        error = group.exceptions[0]
+        raise error from error.__cause__

@@ -123,6 +123,11 @@ class RpcServer:
         ) as island:
             await self._serve_on(island, task_status)
 
+    @property
+    def island(self) -> Island | None:
+        """The island the server runs on (None before `serve`)."""
+        return self._island
+
     def apply_settings(self, settings: RpcSettings) -> None:
         """Apply the live fields of `settings` (see `node.rpc.settings`); call from Trio."""
         self._settings = settings

@@ -49,6 +49,9 @@ class MemoryBackend:
         """Unary calls that were cancelled while they waited (deadline or client gone)."""
         self.call_cancelled = trio.Event()
         """Set when a waiting unary call is cancelled."""
+        self.waiting = 0
+        """Unary calls sleeping in `delay_s` right now."""
+        self._waiting_changed = trio.Event()
         self.revision = 1
         self._revised = trio.Event()
         self._status_watchers: list[tuple[model.StatusWatch, trio.MemorySendChannel[model.StatusEvent]]] = []
@@ -63,12 +66,25 @@ class MemoryBackend:
         if self.delay_s <= 0:
             await trio.lowlevel.checkpoint()
             return
+        self._set_waiting(self.waiting + 1)
         try:
             await trio.sleep(self.delay_s)
         except trio.Cancelled:
             self.cancelled_calls += 1
             self.call_cancelled.set()
             raise
+        finally:
+            self._set_waiting(self.waiting - 1)
+
+    def _set_waiting(self, count: int) -> None:
+        self.waiting = count
+        self._waiting_changed.set()
+        self._waiting_changed = trio.Event()
+
+    async def wait_until_waiting(self, count: int) -> None:
+        """Return once exactly `count` unary calls are sleeping in `delay_s`."""
+        while self.waiting != count:
+            await self._waiting_changed.wait()
 
     # Registry ------------------------------------------------------------------------------
     async def register_device(self, principal: Principal, req: model.DeviceRegistration) -> model.Registered:
