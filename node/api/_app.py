@@ -15,8 +15,9 @@ from werkzeug.exceptions import HTTPException
 import node
 from node.api import _admin_routes, _registry_routes
 from node.api._context import ApiContext
+from node.api._problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from node.api._problems import from_http, from_node_error, from_validation, problem
-from node.api._schemas import NoContent, PlainText
+from node.api._schemas import NoContent, PlainText, Problem
 from node.api._security import after_request, before_request
 from node.errors import NodeError
 from node.logs import logger
@@ -25,7 +26,8 @@ log = logger("api")
 
 
 class _Provider(OpenAPIProvider):
-    """Documents bodiless (204) and plain-text responses, which quart-schema cannot express."""
+    """Documents bodiless (204), plain-text and problem+json responses, which quart-schema cannot
+    express (it documents every model as application/json)."""
 
     def build_response_object(self, model: Any, headers_model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         if model is NoContent:
@@ -33,7 +35,10 @@ class _Provider(OpenAPIProvider):
         if model is PlainText:
             content = {"text/plain": {"schema": {"type": "string"}}}
             return {"description": PlainText.__doc__ or "", "content": content}, {}
-        return super().build_response_object(model, headers_model)
+        response, definitions = super().build_response_object(model, headers_model)
+        if model is Problem:
+            response["content"] = {PROBLEM_CONTENT_TYPE: response["content"].pop("application/json")}
+        return response, definitions
 
 
 def create_app(c: ApiContext) -> QuartTrio:
