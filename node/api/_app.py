@@ -10,7 +10,8 @@ from hypercorn.trio import serve as hypercorn_serve
 from quart import Response
 from quart_schema import OpenAPIProvider, QuartSchema, RequestSchemaValidationError
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from quart_trio.wrappers import TrioRequest
+from werkzeug.exceptions import BadRequest, HTTPException
 
 import node
 from node.api import _admin_routes, _registry_routes
@@ -41,9 +42,32 @@ class _Provider(OpenAPIProvider):
         return response, definitions
 
 
+class _Request(TrioRequest):
+    """Says precisely what is wrong with a body that is not JSON (quart answers a bare 400, or a 500
+    for bytes that are not UTF-8)."""
+
+    async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        if not (force or self.is_json):
+            return None
+        raw = await self.get_data(cache=True, as_text=False)
+        if isinstance(raw, bytes):
+            try:
+                raw.decode()
+            except UnicodeDecodeError as exc:
+                raise BadRequest(f"request body: not UTF-8 (byte {exc.start})") from None
+        return await super().get_json(force=force, silent=silent, cache=cache)
+
+    def on_json_loading_failed(self, error: Exception) -> Any:
+        raise BadRequest(f"request body: not valid JSON ({error})")
+
+
+class _App(QuartTrio):
+    request_class = _Request
+
+
 def create_app(c: ApiContext) -> QuartTrio:
     """The quart-trio application for this node."""
-    app = QuartTrio("asgard")
+    app = _App("asgard")
     app.config["ASGARD"] = c
     app.config["MAX_CONTENT_LENGTH"] = c.settings.api.max_body_bytes
     app.config["BODY_TIMEOUT"] = 30
