@@ -7,9 +7,12 @@ from typing import Any
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.typing import ASGISendCallable
 from quart import Response
+from quart.typing import ResponseTypes
 from quart_schema import OpenAPIProvider, QuartSchema, RequestSchemaValidationError
 from quart_trio import QuartTrio
+from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import BadRequest, HTTPException
 
@@ -44,12 +47,15 @@ class _Provider(OpenAPIProvider):
 
 class _Request(TrioRequest):
     """Says precisely what is wrong with a body that is not JSON (quart answers a bare 400, or a 500
-    for bytes that are not UTF-8)."""
+    for bytes that are not UTF-8), and records whether the body was read to its end."""
+
+    body_consumed = False
 
     async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
         if not (force or self.is_json):
             return None
         raw = await self.get_data(cache=True, as_text=False)
+        self.body_consumed = True
         if isinstance(raw, bytes):
             try:
                 raw.decode()
@@ -61,8 +67,24 @@ class _Request(TrioRequest):
         raise BadRequest(f"request body: not valid JSON ({error})")
 
 
+class _HttpConnection(TrioASGIHTTPConnection):
+    """Sends the response shielded from the request's own cancellation.
+
+    quart-trio cancels a request's tasks when hypercorn reports its stream closed, and hypercorn does
+    so from inside this very send: the cancellation then cut hypercorn's connection close (or its
+    keep-alive recycle) half way, leaving a connection that was open but never answered again; the
+    client's next request on it hung. hypercorn already shields its socket writes, so the shield
+    here only covers its bookkeeping.
+    """
+
+    async def _send_response(self, send: ASGISendCallable, response: ResponseTypes) -> None:
+        with trio.CancelScope(shield=True):
+            await super()._send_response(send, response)
+
+
 class _App(QuartTrio):
     request_class = _Request
+    asgi_http_class = _HttpConnection
 
 
 def create_app(c: ApiContext) -> QuartTrio:

@@ -111,6 +111,10 @@ async def after_request(response: Response) -> Response:
         for name, value in _rate_headers(decision).items():
             response.headers.setdefault(name, value)
     response.headers["X-Request-Id"] = g.get("request_id", "")
+    if _body_left_unread():
+        # hypercorn closes a connection whose request body was not read; say so, so that the
+        # client does not send its next request into a closing connection.
+        response.headers["Connection"] = "close"
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers.setdefault("Cache-Control", "no-store")
     _cors(c, response)
@@ -128,6 +132,11 @@ async def after_request(response: Response) -> Response:
             client=client_ip(),
         )
     return response
+
+
+def _body_left_unread() -> bool:
+    announced = request.headers.get("Transfer-Encoding") or request.headers.get("Content-Length", "0") != "0"
+    return bool(announced) and not getattr(request, "body_consumed", False)
 
 
 def _cors(c: ApiContext, response: Response) -> None:
