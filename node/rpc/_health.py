@@ -130,7 +130,7 @@ class HealthService:
         drained = asyncio.Event()
         ctx.on_drain = drained.set
         sent: hpb.HealthCheckResponseServingStatus | None = None
-        while not (drained.is_set() or ctx.draining):
+        while True:
             changed = self._state.changed()
             status = self._state.get(req.service)
             current = (
@@ -139,6 +139,8 @@ class HealthService:
             if current != sent:
                 await stream.send_message(hpb.HealthCheckResponse(status=current))
                 sent = current
+            if drained.is_set() or ctx.draining:
+                break  # after sending the last status (NOT_SERVING when the node drains)
             await _either(changed, drained)
         raise GRPCError(Status.UNAVAILABLE, "the node is shutting down")
 
