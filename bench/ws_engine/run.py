@@ -34,12 +34,14 @@ PY = sys.executable
 
 SERVERS = {
     "asgard": [PY, "-m", "bench.ws_engine.servers", "engine"],
+    "asgard-outbox": [PY, "-m", "bench.ws_engine.servers", "engine-outbox"],
     "trio-websocket": [PY, "-m", "bench.ws_engine.servers", "triows"],
     "websockets": [PY, "-m", "bench.ws_engine.servers", "websockets"],
     "anchor-relay": [PY, str(ANCHORS / "ws_relay.py"), "--uvloop", "--no-compression"],
 }
-RELAY_SET = ("asgard", "anchor-relay", "trio-websocket")
+RELAY_SET = ("asgard", "asgard-outbox", "anchor-relay", "trio-websocket")
 ECHO_SET = ("asgard", "websockets", "trio-websocket")
+IDLE_SET = ("asgard", "anchor-relay", "trio-websocket")
 
 
 def free_port() -> int:
@@ -143,19 +145,27 @@ def idle_memory(port: int, pid: int, count: int) -> dict[str, object]:
 
 
 def one_round(args: argparse.Namespace, round_no: int, emit) -> None:  # type: ignore[no-untyped-def]
+    wanted = set(args.only.split(",")) if args.only else None
+
+    def on(test: str) -> bool:
+        return wanted is None or test in wanted
+
     for size in (64, 4096):
         for name in RELAY_SET:
-            with server(name) as (port, pid):
-                room = f"pp{round_no}{size}"
-                emit(name, "relay_pingpong", size, pubsub("pingpong", port, pid, size, args.count, room))
-            with server(name) as (port, pid):
-                n = args.tp_count if size == 64 else args.tp_count // 2
-                emit(name, "relay_oneway", size, pubsub("throughput", port, pid, size, n, "tp"))
-        for name in ECHO_SET:
+            if on("relay_pingpong"):
+                with server(name) as (port, pid):
+                    room = f"pp{round_no}{size}"
+                    result = pubsub("pingpong", port, pid, size, args.count, room)
+                    emit(name, "relay_pingpong", size, result)
+            if on("relay_oneway"):
+                with server(name) as (port, pid):
+                    n = args.tp_count if size == 64 else args.tp_count // 2
+                    emit(name, "relay_oneway", size, pubsub("throughput", port, pid, size, n, "tp"))
+        for name in ECHO_SET if on("echo") else ():
             with server(name) as (port, pid):
                 emit(name, "echo", size, echo(port, pid, size, args.count))
-    if args.idle:
-        for name in RELAY_SET:
+    if args.idle and on("idle_memory"):
+        for name in IDLE_SET:
             with server(name) as (port, pid):
                 emit(name, "idle_memory", 0, idle_memory(port, pid, args.idle))
 
@@ -191,6 +201,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=5000, help="round trips per ping-pong run")
     parser.add_argument("--tp-count", type=int, default=100000, help="64 B messages per one-way run")
     parser.add_argument("--idle", type=int, default=5000, help="idle connections (0 = skip)")
+    parser.add_argument(
+        "--only", default="", help="comma list of relay_pingpong,relay_oneway,echo,idle_memory"
+    )
     args = parser.parse_args()
     import resource
 

@@ -53,6 +53,46 @@ async def engine_main(host: str, port: int) -> None:
     await serve_forever(serve_ws, handler, WsEngine(settings), host, port)
 
 
+async def engine_outbox_main(host: str, port: int) -> None:
+    """The room relay as the node's relay is built: reader routes into bounded outboxes, and one
+    writer task per connection drains its outbox and sends everything queued in one batch."""
+    rooms: dict[str, dict[WsConnection, trio.MemorySendChannel[list[bytes]]]] = {}
+
+    async def writer(conn: WsConnection, outbox: trio.MemoryReceiveChannel[list[bytes]]) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for first in outbox:
+                batch = list(first)
+                while True:
+                    try:
+                        batch += outbox.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                await conn.send_batch(batch)
+
+    async def handler(pending: WsRequest) -> None:
+        conn = await pending.accept()
+        path = pending.request.path
+        room = rooms.setdefault(path, {})
+        send, receive = trio.open_memory_channel[list[bytes]](1024)
+        room[conn] = send
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer, conn, receive)
+                while True:
+                    batch = await conn.receive_batch()
+                    for other, outbox in tuple(room.items()):
+                        if other is not conn:
+                            with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                                outbox.send_nowait(batch)
+        finally:
+            room.pop(conn, None)
+            if not room:
+                rooms.pop(path, None)
+
+    settings = WsSettings(max_message_bytes=MAX_MESSAGE_BYTES, ping_interval_s=600)
+    await serve_forever(serve_ws, handler, WsEngine(settings), host, port)
+
+
 async def triows_main(host: str, port: int) -> None:
     from trio_websocket import ConnectionClosed as TwClosed
     from trio_websocket import WebSocketRequest, serve_websocket
@@ -143,7 +183,7 @@ def raise_nofile_limit() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("impl", choices=["engine", "triows", "websockets"])
+    parser.add_argument("impl", choices=["engine", "engine-outbox", "triows", "websockets"])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
@@ -153,7 +193,8 @@ def main() -> None:
     if args.impl == "websockets":
         websockets_main(args.host, args.port)
     else:
-        trio.run(engine_main if args.impl == "engine" else triows_main, args.host, args.port)
+        mains = {"engine": engine_main, "engine-outbox": engine_outbox_main, "triows": triows_main}
+        trio.run(mains[args.impl], args.host, args.port)
 
 
 if __name__ == "__main__":

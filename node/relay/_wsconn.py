@@ -294,7 +294,8 @@ class WsConnection:
             await self._write_locked(iov, size)
         finally:
             self._writing = False
-            self._write_waiters.unpark()
+            if self._write_waiters:  # unpark() costs a few µs even with nobody waiting
+                self._write_waiters.unpark()
 
     async def _write_locked(self, iov: list[bytes | memoryview], size: int) -> None:
         if self._closed is not None:
