@@ -35,6 +35,8 @@ from wire.ws import (
     unmask_python,
 )
 
+# The same logger as node.logs.logger("relay.ws"); not imported from there because importing
+# node.logs before node.config is circular at the moment (node.logs -> node.config -> node.logs).
 log = logging.getLogger("asgard.relay.ws")
 
 _ACCEPT_RETRY_S = 0.1  # pause when out of file descriptors or memory, as trio's serve_listeners
