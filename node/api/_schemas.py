@@ -283,7 +283,9 @@ class AuditQuery(Query):
     actor: str | None = Field(None, max_length=64)
     action: str | None = Field(None, max_length=200)
     outcome: Literal["ok", "denied", "error"] | None = None
-    before: int | None = Field(None, ge=1, description="Entries with a smaller id (paging backwards).")
+    before: int | None = Field(
+        None, ge=1, le=2**63 - 1, description="Entries with a smaller id (paging backwards)."
+    )
     limit: int = Field(100, ge=1, le=1000)
 
 
