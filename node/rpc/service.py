@@ -146,6 +146,7 @@ class RpcServer:
     async def _serve_on(self, island: Island, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
         self._island = island
         self._gate = Gate(island.bridge, self._authenticator, self._settings)
+        island.call_soon(self._gate.apply_settings, self._settings)  # bounds of a shared island
         methods = self._methods()
         context = self._ssl_context()
         self.address = await island.run(self._start, methods, context)

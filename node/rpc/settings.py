@@ -36,6 +36,9 @@ class NeighbourSettings(_Section):
     timeout_s: float = Field(
         5.0, gt=0, le=600, description="Deadline of a unary call, and of opening a stream."
     )
+    stream_timeout_s: float = Field(
+        120.0, gt=0, le=86_400, description="Deadline of a whole response stream (Odin answers)."
+    )
 
     def host_port(self) -> tuple[str, int]:
         """`address` split into host and port."""
