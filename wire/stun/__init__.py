@@ -45,6 +45,7 @@ from wire.stun._auth import (
 )
 from wire.stun._channel import (
     CHANNEL_MAX,
+    CHANNEL_MAX_RFC5766,
     CHANNEL_MIN,
     PacketKind,
     classify_first_byte,
@@ -85,6 +86,7 @@ from wire.stun._stream import ChannelDataFrame, Frame, StreamDecoder, StunFrame
 
 __all__ = [
     "CHANNEL_MAX",
+    "CHANNEL_MAX_RFC5766",
     "CHANNEL_MIN",
     "ERROR_REASONS",
     "HEADER_BYTES",

@@ -10,6 +10,7 @@ from wire.stun._errors import StunDecodeError
 
 CHANNEL_MIN = 0x4000  # RFC 8656 §12: 0x4000-0x4FFF are channel numbers
 CHANNEL_MAX = 0x4FFF
+CHANNEL_MAX_RFC5766 = 0x7FFF  # RFC 5766 §11 allowed up to 0x7FFF; coturn's clients still use it
 CHANNEL_HEADER_BYTES = 4
 _HEADER = struct.Struct("!HH")
 
@@ -40,25 +41,29 @@ def classify_first_byte(first: int) -> PacketKind:
     return PacketKind.UNKNOWN
 
 
-def is_channel_number(number: int) -> bool:
-    """Whether `number` is a valid TURN channel number."""
-    return CHANNEL_MIN <= number <= CHANNEL_MAX
+def is_channel_number(number: int, max_channel: int = CHANNEL_MAX) -> bool:
+    """Whether `number` is a valid TURN channel number (up to `max_channel`)."""
+    return CHANNEL_MIN <= number <= max_channel
 
 
-def encode_channel_data(channel: int, data: bytes, *, pad: bool = False) -> bytes:
+def encode_channel_data(
+    channel: int, data: bytes, *, pad: bool = False, max_channel: int = CHANNEL_MAX
+) -> bytes:
     """A ChannelData message; `pad` adds zero bytes to a multiple of four (required over TCP,
     RFC 8656 §12.5).
 
     Raises:
         EncodeError: the channel number or the data length is out of range.
     """
-    if not is_channel_number(channel) or len(data) > 0xFFFF:
+    if not is_channel_number(channel, max_channel) or len(data) > 0xFFFF:
         raise EncodeError("channel number or data length out of range")
     padding = b"\x00" * (-len(data) & 3) if pad else b""
     return _HEADER.pack(channel, len(data)) + data + padding
 
 
-def decode_channel_data_untrusted(data: bytes | bytearray | memoryview) -> tuple[int, bytes]:
+def decode_channel_data_untrusted(
+    data: bytes | bytearray | memoryview, *, max_channel: int = CHANNEL_MAX
+) -> tuple[int, bytes]:
     """(channel, application data) of one ChannelData datagram; bytes past the length (padding)
     are ignored (RFC 8656 §12.4).
 
@@ -68,7 +73,7 @@ def decode_channel_data_untrusted(data: bytes | bytearray | memoryview) -> tuple
     if len(data) < CHANNEL_HEADER_BYTES:
         raise StunDecodeError("ChannelData shorter than its header")
     channel, length = _HEADER.unpack_from(data)
-    if not is_channel_number(channel):
+    if not is_channel_number(channel, max_channel):
         raise StunDecodeError("not a channel number")
     if CHANNEL_HEADER_BYTES + length > len(data):
         raise StunDecodeError("ChannelData shorter than its length field")

@@ -40,12 +40,15 @@ Frame = StunFrame | ChannelDataFrame
 class StreamDecoder:
     """Turns stream bytes into frames: feed `receive_data`, then call `next_frame` until None."""
 
-    def __init__(self, *, max_frame_bytes: int = MAX_MESSAGE_BYTES, padded: bool = True) -> None:
+    def __init__(
+        self, *, max_frame_bytes: int = MAX_MESSAGE_BYTES, padded: bool = True, max_channel: int = CHANNEL_MAX
+    ) -> None:
         self._buf = bytearray()
         self._pos = 0
         self._max_frame = max_frame_bytes
         self._max_buffer = max_frame_bytes + _COMPACT_BYTES
         self._padded = padded
+        self._max_first = max_channel >> 8
 
     @property
     def buffered_bytes(self) -> int:
@@ -79,7 +82,7 @@ class StreamDecoder:
         first = buf[pos]
         if first < 0x40:
             return self._stun_frame(buf, pos, available)
-        if CHANNEL_MIN >> 8 <= first <= CHANNEL_MAX >> 8:
+        if CHANNEL_MIN >> 8 <= first <= self._max_first:
             return self._channel_frame(buf, pos, available)
         raise StunDecodeError("stream holds neither STUN nor ChannelData")
 
