@@ -53,7 +53,9 @@ class _Request(TrioRequest):
 
     async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
         if not (force or self.is_json):
-            return None
+            if silent:
+                return None
+            raise BadRequest(f"request body: expected Content-Type application/json, got {self.mimetype!r}")
         raw = await self.get_data(cache=True, as_text=False)
         self.body_consumed = True
         if isinstance(raw, bytes):
