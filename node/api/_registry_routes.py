@@ -34,7 +34,11 @@ from store.registry import DeviceFilter
 
 bp = Blueprint("registry", __name__, url_prefix="/api/v1")
 
-NO_CONTENT = Response(status=204)
+
+def no_content() -> Response:
+    """A fresh 204 per request: after_request adds per-request headers, and a body-less quart Response
+    iterates its body through asyncio, which fails under Trio; an empty bytes body does not."""
+    return Response(b"", status=204)
 
 
 # ---------------------------------------------------------------- devices
@@ -127,7 +131,7 @@ async def patch_device(device_id: str, data: DevicePatchIn) -> DeviceOut:
 async def delete_device(device_id: str) -> Response:
     """Unregister a device."""
     await ctx().registry.unregister_device(principal(), device_id)
-    return NO_CONTENT
+    return no_content()
 
 
 @bp.post("/devices/<device_id>/heartbeat")
@@ -248,7 +252,7 @@ async def add_member(network_id: str, data: MemberIn) -> DeviceOut:
 async def remove_member(network_id: str, device_id: str) -> Response:
     """Remove a device from a network other than its primary one."""
     await ctx().registry.remove_member(principal(), network_id, device_id)
-    return NO_CONTENT
+    return no_content()
 
 
 # ---------------------------------------------------------------- connections
