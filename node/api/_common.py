@@ -31,7 +31,8 @@ def problems(*extra: int) -> Callable[[F], F]:
 def page_limit(requested: int | None) -> int:
     api = ctx().settings.api
     if requested is None:
-        return api.page_size_default
+        # The settings do not tie the default to the maximum; the maximum wins.
+        return min(api.page_size_default, api.page_size_max)
     if requested > api.page_size_max:
         raise InvalidInput(f"limit: at most {api.page_size_max}")
     return requested
