@@ -1,0 +1,145 @@
+"""The one benchmark client for asgard.v1.Routing: grpclib (betterproto2 messages) on uvloop.
+
+    python -m bench.rpc.client {unary,pingpong,stream} --port N [--count N] [--warmup N] [--size B]
+
+unary     sequential Send calls, each a new HTTP/2 stream; latency per call.
+pingpong  one Connect stream; send one frame, wait for its echo, repeat; latency per round trip.
+stream    one Connect stream; a sender task writes --count frames as fast as it can while the
+          reader counts echoes; rate = frames / time from first send to last echo.
+Prints one JSON object. Loopback only; the whole run has a hard deadline (--deadline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+import uvloop
+from grpclib.client import Channel
+from grpclib.const import Cardinality
+
+from protos.gen.asgard import v1 as pb
+
+METADATA = {"authorization": "Bearer asg_bench"}
+CONNECT = "/asgard.v1.Routing/Connect"
+
+
+def frame(i: int, size: int) -> bytes:
+    """A device-frame-shaped blob: version, type DIRECT, flags, message id, then padding."""
+    return bytes([1, 0x10, 0, 0]) + i.to_bytes(8, "big") + bytes(max(0, size - 12))
+
+
+def summary(samples_ns: list[int], elapsed_s: float, count: int) -> dict[str, float]:
+    ordered = sorted(samples_ns)
+
+    def pct(p: float) -> float:
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))] / 1000 if ordered else 0.0
+
+    return {
+        "p50_us": pct(0.50),
+        "p90_us": pct(0.90),
+        "p99_us": pct(0.99),
+        "p999_us": pct(0.999),
+        "max_us": ordered[-1] / 1000 if ordered else 0.0,
+        "rate_per_s": count / elapsed_s if elapsed_s else 0.0,
+        "elapsed_s": elapsed_s,
+    }
+
+
+async def unary(channel: Channel, count: int, warmup: int, size: int) -> dict[str, float]:
+    stub = pb.RoutingStub(channel, timeout=5, metadata=METADATA)
+    samples = []
+    start = time.perf_counter()
+    for i in range(warmup + count):
+        t0 = time.perf_counter_ns()
+        ack = await stub.send(pb.SendRequest(frame=frame(i, size)))
+        t1 = time.perf_counter_ns()
+        assert ack.message_id == i
+        if i >= warmup:
+            samples.append(t1 - t0)
+        if i == warmup - 1:
+            start = time.perf_counter()
+    return summary(samples, time.perf_counter() - start, count)
+
+
+async def pingpong(channel: Channel, count: int, warmup: int, size: int) -> dict[str, float]:
+    samples = []
+    async with channel.request(
+        CONNECT, Cardinality.STREAM_STREAM, pb.ConnectFrame, pb.ConnectFrame, metadata=METADATA
+    ) as stream:
+        await stream.send_request()
+        start = time.perf_counter()
+        for i in range(warmup + count):
+            payload = frame(i, size)
+            t0 = time.perf_counter_ns()
+            await stream.send_message(pb.ConnectFrame(frame=payload))
+            reply = await stream.recv_message()
+            t1 = time.perf_counter_ns()
+            assert reply is not None and reply.frame == payload
+            if i >= warmup:
+                samples.append(t1 - t0)
+            if i == warmup - 1:
+                start = time.perf_counter()
+        elapsed = time.perf_counter() - start
+        await stream.end()
+        async for _ in stream:
+            pass
+    return summary(samples, elapsed, count)
+
+
+async def throughput(channel: Channel, count: int, size: int) -> dict[str, float]:
+    async with channel.request(
+        CONNECT, Cardinality.STREAM_STREAM, pb.ConnectFrame, pb.ConnectFrame, metadata=METADATA
+    ) as stream:
+        await stream.send_request()
+
+        async def send_all() -> None:
+            for i in range(count):
+                await stream.send_message(pb.ConnectFrame(frame=frame(i, size)))
+            await stream.end()
+
+        start = time.perf_counter()
+        sender = asyncio.get_running_loop().create_task(send_all())
+        received = 0
+        async for _ in stream:
+            received += 1
+        elapsed = time.perf_counter() - start
+        await sender
+    assert received == count, (received, count)
+    return summary([], elapsed, count)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    channel = Channel("127.0.0.1", args.port)
+    try:
+        async with asyncio.timeout(args.deadline):
+            if args.mode == "unary":
+                result = await unary(channel, args.count, args.warmup, args.size)
+            elif args.mode == "pingpong":
+                result = await pingpong(channel, args.count, args.warmup, args.size)
+            else:
+                result = await throughput(channel, args.count, args.size)
+    finally:
+        channel.close()
+    return {"mode": args.mode, "count": args.count, "size": args.size, **result}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["unary", "pingpong", "stream"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--count", type=int, default=5000)
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--deadline", type=float, default=120.0)
+    args = parser.parse_args()
+    print(json.dumps(uvloop.run(run(args))), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Benchmark servers for asgard.v1.Routing (Send = ack, Connect = echo), one per process.
+
+    python -m bench.rpc.servers asgard --port N   # Asgard's router: island + bridge + Trio backend
+    python -m bench.rpc.servers plain  --port N   # reference: a plain grpclib server on asyncio
+
+Both use the same generated betterproto2 messages and answer the same way; the reference is what
+a user would write without Trio: handlers answer inside the asyncio loop (no auth, no bridge).
+Each prints "READY <port>" when listening and stops on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from typing import Any
+
+from protos.gen.asgard import v1 as pb
+
+TOKEN = "asg_bench"
+
+
+class PlainRouting:
+    """The reference: acks and echoes inside the asyncio loop, written as plain grpclib handlers."""
+
+    def __mapping__(self) -> dict[str, object]:
+        from grpclib.const import Cardinality, Handler
+
+        return {
+            "/asgard.v1.Routing/Send": Handler(
+                self.send, Cardinality.UNARY_UNARY, pb.SendRequest, pb.SendAck
+            ),
+            "/asgard.v1.Routing/Connect": Handler(
+                self.connect, Cardinality.STREAM_STREAM, pb.ConnectFrame, pb.ConnectFrame
+            ),
+        }
+
+    async def send(self, stream: Any) -> None:
+        request = await stream.recv_message()
+        frame = request.frame
+        message_id = int.from_bytes(frame[4:12], "big") if len(frame) >= 12 else 0
+        await stream.send_message(
+            pb.SendAck(message_id=message_id, status=pb.DeliveryStatus.DELIVERED, recipients=1)
+        )
+
+    async def connect(self, stream: Any) -> None:
+        async for message in stream:
+            await stream.send_message(pb.ConnectFrame(frame=message.frame))
+
+
+async def _plain(port: int) -> None:
+    import grpclib.server
+
+    server = grpclib.server.Server([PlainRouting()])
+    await server.start("127.0.0.1", port)
+    print(f"READY {port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.close()
+    await server.wait_closed()
+
+
+def _asgard(port: int) -> None:
+    import trio
+
+    from node.rpc import Principal, RpcServer, RpcSettings
+    from node.rpc.testing import MemoryBackend, StaticAuthenticator
+
+    async def main() -> None:
+        settings = RpcSettings(host="127.0.0.1", port=port, reflection=False, shutdown_grace_s=1)
+        auth = StaticAuthenticator({TOKEN: Principal("bench", "service")})
+        server = RpcServer(settings, MemoryBackend(), auth)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                address = await nursery.start(server.serve)
+                print(f"READY {address[1]}", flush=True)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(main)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", choices=["asgard", "plain", "plain-uvloop"])
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    if args.kind == "asgard":
+        _asgard(args.port)
+    elif args.kind == "plain-uvloop":
+        import uvloop
+
+        uvloop.run(_plain(args.port))
+    else:
+        asyncio.run(_plain(args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
