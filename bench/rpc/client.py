@@ -79,7 +79,8 @@ async def pingpong(channel: Channel, count: int, warmup: int, size: int) -> dict
             await stream.send_message(pb.ConnectFrame(frame=payload))
             reply = await stream.recv_message()
             t1 = time.perf_counter_ns()
-            assert reply is not None and reply.frame == payload
+            assert reply is not None
+            assert reply.frame == payload
             if i >= warmup:
                 samples.append(t1 - t0)
             if i == warmup - 1:

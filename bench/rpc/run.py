@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +80,8 @@ def server(kind: str) -> Iterator[tuple[int, int]]:
 
 
 def with_group(proc: subprocess.Popen[str], sig: int) -> None:
-    try:
+    with suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def client(mode: str, port: int, count: int, warmup: int, size: int) -> dict[str, Any]:
@@ -106,9 +104,10 @@ def one_run(kind: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(runs: list[dict[str, Any]], servers: list[str], modes: list[str]) -> str:
+    rounds = len(runs) // max(1, len(servers) * len(modes))
     lines = [
         f"{'mode':9} {'server':13} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>8}"
-        f" {'msg/s':>8} {'cpu s':>6}   (µs, medians of {len(runs) // max(1, len(servers) * len(modes))} rounds)"
+        f" {'msg/s':>8} {'cpu s':>6}   (µs, medians of {rounds} rounds)"
     ]
     for mode in modes:
         medians: dict[str, dict[str, float]] = {}
@@ -128,9 +127,9 @@ def table(runs: list[dict[str, Any]], servers: list[str], modes: list[str]) -> s
                     f"{'':9} {'ratio':13} rate asgard/plain = {a['rate_per_s'] / p['rate_per_s']:.2f}"
                 )
             else:
+                p50, p99 = a["p50_us"] / p["p50_us"], a["p99_us"] / p["p99_us"]
                 lines.append(
-                    f"{'':9} {'ratio':13} p50 {a['p50_us'] / p['p50_us']:.2f}x  p99 {a['p99_us'] / p['p99_us']:.2f}x"
-                    "  (asgard / plain; target <= 1.10)"
+                    f"{'':9} {'ratio':13} p50 {p50:.2f}x  p99 {p99:.2f}x  (asgard / plain; target <= 1.10)"
                 )
     return "\n".join(lines)
 
@@ -161,8 +160,11 @@ def main() -> int:
                     runs.append(result)
                     out.write(json.dumps(result) + "\n")
                     out.flush()
-                    print(f"round {round_no} {mode:8} {kind:13} p50 {result['p50_us']:7.0f} µs"
-                          f"  p99 {result['p99_us']:7.0f} µs  {result['rate_per_s']:8.0f} msg/s", flush=True)  # fmt: skip
+                    print(
+                        f"round {round_no} {mode:8} {kind:13} p50 {result['p50_us']:7.0f} µs"
+                        f"  p99 {result['p99_us']:7.0f} µs  {result['rate_per_s']:8.0f} msg/s",
+                        flush=True,
+                    )
     print()
     print(table(runs, servers, modes))
     print(f"\nresults: {out_path.relative_to(ROOT)}")
