@@ -6,7 +6,8 @@ Runs, alternating the servers within each round (A B C A B C ...), with the same
 - relay ping-pong (64 B, 4 KiB): ../shared/anchors/pubsub_bench.py --proto ws on uvloop, two
   clients in one room; servers: our room relay, the anchor ws_relay.py, trio-websocket;
 - relay one-way throughput (64 B, 4 KiB): the same tool's `throughput` mode;
-- echo round trip (64 B, 4 KiB): echo_client.py (websockets on uvloop);
+- echo round trip (64 B, 4 KiB): echo_client.py with websockets on uvloop, and with a raw
+  blocking socket (`echo_raw`: the server's own cost, no client library in the figure);
 - resident memory per idle connection with --idle connections open (server RSS delta / N).
 Prints medians over rounds and writes every run as a JSON line to bench/results/.
 Loopback only; every server is started in its own process group and stopped at the end.
@@ -103,9 +104,9 @@ def pubsub(mode: str, port: int, pid: int, size: int, count: int, room: str) -> 
     return run_json(argv, 180)
 
 
-def echo(port: int, pid: int, size: int, count: int) -> dict[str, object]:
+def echo(port: int, pid: int, size: int, count: int, *, raw: bool = False) -> dict[str, object]:
     argv = [PY, "-m", "bench.ws_engine.echo_client", "--url", f"ws://127.0.0.1:{port}/echo"]
-    argv += ["--size", str(size), "--count", str(count)]
+    argv += ["--size", str(size), "--count", str(count)] + (["--raw"] if raw else [])
     c0 = cpu_seconds(pid)
     result = run_json(argv, 120)
     result["server_cpu_s"] = cpu_seconds(pid) - c0
@@ -150,8 +151,13 @@ def one_round(args: argparse.Namespace, round_no: int, emit) -> None:  # type: i
     def on(test: str) -> bool:
         return wanted is None or test in wanted
 
+    servers = set(args.servers.split(",")) if args.servers else None
+
+    def use(names: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(n for n in names if servers is None or n in servers)
+
     for size in (64, 4096):
-        for name in RELAY_SET:
+        for name in use(RELAY_SET):
             if on("relay_pingpong"):
                 with server(name) as (port, pid):
                     room = f"pp{round_no}{size}"
@@ -161,11 +167,14 @@ def one_round(args: argparse.Namespace, round_no: int, emit) -> None:  # type: i
                 with server(name) as (port, pid):
                     n = args.tp_count if size == 64 else args.tp_count // 2
                     emit(name, "relay_oneway", size, pubsub("throughput", port, pid, size, n, "tp"))
-        for name in ECHO_SET if on("echo") else ():
+        for name in use(ECHO_SET) if on("echo") else ():
             with server(name) as (port, pid):
                 emit(name, "echo", size, echo(port, pid, size, args.count))
+        for name in use(ECHO_SET) if on("echo_raw") else ():
+            with server(name) as (port, pid):
+                emit(name, "echo_raw", size, echo(port, pid, size, args.count, raw=True))
     if args.idle and on("idle_memory"):
-        for name in IDLE_SET:
+        for name in use(IDLE_SET):
             with server(name) as (port, pid):
                 emit(name, "idle_memory", 0, idle_memory(port, pid, args.idle))
 
@@ -193,6 +202,30 @@ def summarise(rows: list[dict[str, object]]) -> None:
         )
 
 
+def print_ratios(rows: list[dict[str, object]]) -> None:
+    """Asgard vs its reference, per round (the runs of one round are adjacent in time)."""
+    refs = {
+        "relay_pingpong": "anchor-relay",
+        "relay_oneway": "anchor-relay",
+        "echo": "websockets",
+        "echo_raw": "websockets",
+    }
+    by_key: dict[tuple[str, int, str], list[dict[str, object]]] = {}
+    for row in rows:
+        by_key.setdefault((str(row["test"]), int(row["size"]), str(row["server"])), []).append(row)
+    print("\nasgard / reference, median of per-round ratios (< 1 = asgard better; rate: > 1 better)")
+    for (test, size, name), mine in sorted(by_key.items()):
+        if name != "asgard" or test not in refs:
+            continue
+        theirs = by_key.get((test, size, refs[test]), [])
+        keys = ["e2e_msg_s", "server_cpu_s"] if test == "relay_oneway" else ["p50_us", "p99_us"]
+        cells = []
+        for key in keys:
+            ratios = [float(a[key]) / float(b[key]) for a, b in zip(mine, theirs, strict=False)]  # type: ignore[arg-type]
+            cells.append(f"{key} {statistics.median(ratios):.2f}" if ratios else f"{key} -")
+        print(f"  {test:<15}{size:>6}  vs {refs[test]:<13} " + "  ".join(cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -202,8 +235,9 @@ def main() -> None:
     parser.add_argument("--tp-count", type=int, default=100000, help="64 B messages per one-way run")
     parser.add_argument("--idle", type=int, default=5000, help="idle connections (0 = skip)")
     parser.add_argument(
-        "--only", default="", help="comma list of relay_pingpong,relay_oneway,echo,idle_memory"
+        "--only", default="", help="comma list of relay_pingpong,relay_oneway,echo,echo_raw,idle_memory"
     )
+    parser.add_argument("--servers", default="", help="comma list of server names (default: all)")
     args = parser.parse_args()
     import resource
 
@@ -224,6 +258,7 @@ def main() -> None:
         for round_no in range(args.rounds):
             one_round(args, round_no, emit)
     summarise(rows)
+    print_ratios(rows)
     print(f"\nJSON lines: {out_path}")
 
 
