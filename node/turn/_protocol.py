@@ -420,10 +420,10 @@ class TurnProtocol:
             raise _Refused(400, "bad-request")
         peers = [decode_xor_address_untrusted(v, message.transaction_id) for v in values]
         for host, _ in peers:
-            if family_of(host) not in allocation.relays:
-                raise _Refused(443, "address-family")
             if not self.policy.allows(host):
                 raise _Refused(403, "peer-denied")
+            if family_of(host) not in allocation.relays:
+                raise _Refused(443, "address-family")
         return peers
 
     def _create_permission(

@@ -98,8 +98,8 @@ def address_forms(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> lis
     if address.version == 4:
         return forms
     top96, top48, top32, top16 = value >> 32, value >> 80, value >> 96, value >> 112
-    if top96 in (0, 0xFFFF) or top96 == 0x0064FF9B << 64:
-        # IPv4-compatible ::/96, IPv4-mapped ::ffff:0:0/96, NAT64 64:ff9b::/96 (RFC 6052).
+    if (top96 == 0 and value > 1) or top96 == 0xFFFF or top96 == 0x0064FF9B << 64:
+        # IPv4-compatible ::/96 (not :: or ::1), IPv4-mapped ::ffff:0:0/96, NAT64 64:ff9b::/96.
         forms.append((4, value & _MASK32))
     if top48 == 0x0064FF9B0001:
         # RFC 6052 §2.2 /48: IPv4 bits 48-63 and 72-87 around the zero u-octet.

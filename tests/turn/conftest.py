@@ -98,7 +98,7 @@ class TurnError(Exception):
 
 
 @dataclass
-class TestClient:
+class TurnClient:
     """A minimal TURN client (UDP or TCP) with the RFC 8489 long-term credential dance."""
 
     server: tuple[str, int]
@@ -115,7 +115,7 @@ class TestClient:
     decoder: StreamDecoder = field(default_factory=StreamDecoder)
     inbox: list[bytes] = field(default_factory=list)
 
-    async def open(self) -> TestClient:
+    async def open(self) -> TurnClient:
         if self.transport == "udp":
             self.sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             await self.sock.bind(("127.0.0.1", 0))
@@ -289,10 +289,10 @@ class TestClient:
 
 @pytest.fixture
 async def client_factory() -> AsyncIterator[Callable[..., Any]]:
-    clients: list[TestClient] = []
+    clients: list[TurnClient] = []
 
-    async def make(server: tuple[str, int], **kw: Any) -> TestClient:
-        client = await TestClient(server, **kw).open()
+    async def make(server: tuple[str, int], **kw: Any) -> TurnClient:
+        client = await TurnClient(server, **kw).open()
         clients.append(client)
         return client
 
