@@ -1,4 +1,4 @@
-"""One accepted WebSocket connection on a raw Trio socket: batched reads, coalesced writes.
+"""One accepted WebSocket connection driven by Trio: batched reads, coalesced writes.
 
 Why not trio-websocket on the hot path: it spends a task and a channel hop per received message
 and one `send` per message (spike §4: about 2x the per-message cost of `websockets` on uvloop).
@@ -71,7 +71,7 @@ class ConnectionClosed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class WsConnectionStatistics:
-    """Counters of one connection."""
+    """Counters of one connection; bytes are counted on the wire (frame headers included)."""
 
     messages_in: int
     bytes_in: int
@@ -176,10 +176,10 @@ class WsConnection:
 
     async def _fill(self) -> None:
         """Read once into the shared buffer and decode it into `_ready`."""
-        if self._greedy_reads and self._greedy_reads < _MAX_GREEDY_READS:
-            self._greedy_reads += 1
-            if self._recv_nowait():
-                return
+        # After a read that filled the buffer more is likely waiting: read again without a trip
+        # through the scheduler, but yield at least every _MAX_GREEDY_READS reads.
+        if 0 < self._greedy_reads < _MAX_GREEDY_READS and self._recv_nowait():
+            return
         self._greedy_reads = 0
         await self._wait_readable()
         self._recv_nowait()
@@ -199,8 +199,7 @@ class WsConnection:
             return True
         self._stats[1] += n
         self._last_rx = trio.current_time()
-        if n == len(buf):
-            self._greedy_reads += 1
+        self._greedy_reads = self._greedy_reads + 1 if n == len(buf) else 0
         self._decode(self._engine.receive_view[:n])
         return True
 
@@ -301,8 +300,9 @@ class WsConnection:
         if self._closed is not None:
             raise self._closed
         while iov:
+            chunk = iov if len(iov) <= IOV_MAX else iov[:IOV_MAX]
             try:
-                sent = self._sock.sendmsg(iov[:IOV_MAX])
+                sent = self._sock.sendmsg(chunk)
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
@@ -312,9 +312,10 @@ class WsConnection:
             if sent == size:
                 return
             size = -1  # unknown after a partial write; _advance finds the rest
-            iov = _advance(iov, sent)
-            if iov:
-                await self._wait_writable()
+            rest = _advance(iov, sent)
+            if rest and (chunk is iov or sent < sum(map(len, chunk))):
+                await self._wait_writable()  # the kernel took less than offered: buffer full
+            iov = rest
 
     async def _wait_writable(self) -> None:
         with trio.move_on_after(self._engine.settings.write_timeout_s) as scope:

@@ -324,3 +324,19 @@ async def test_protocol_error_glued_to_handshake_closes_1002(
         await client.send(request + frame(OP_BINARY, b"ok") + frame(OP_BINARY, b"bad", masked=False))
         assert (await client.read_http()).startswith(b"HTTP/1.1 101")
         assert await client.read_close() == 1002
+
+
+async def test_batches_over_iov_max_are_split_without_waiting(raw_client_cls) -> None:
+    from node.relay._wsconn import IOV_MAX
+
+    engine = WsEngine()
+    client, server_sock = raw_client_cls.pair()
+    conn = WsConnection(server_sock, engine, make_request())
+    messages = [i.to_bytes(2, "big") for i in range(3000)]  # 6000 iovecs, 12 KB: fits the buffer
+    with trio.fail_after(TIMEOUT_S):
+        await conn.send_batch(messages)
+        assert conn.statistics().sendmsg_calls == -(-2 * len(messages) // IOV_MAX)
+        for m in messages:
+            assert await client.read_frame() == (OP_BINARY, m)
+    client.close()
+    conn.close_nowait()
