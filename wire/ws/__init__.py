@@ -2,8 +2,8 @@
 
 Choices, measured on this machine (see bench/ws_engine/README.md for the whole story):
 - The handshake is parsed here (stdlib only) instead of with h11/wsproto: `wire/` takes no third
-  party imports, and a 250-byte upgrade request parses in about 10 µs here against about 60 µs for
-  wsproto's `H11Handshake` (h11 parsing plus event objects).
+  party imports, and parsing a 275-byte upgrade request plus building the 101 answer takes about
+  58 µs here against 170-220 µs for wsproto's `WSConnection` (h11 underneath).
 - The decoder parses every frame of a received chunk in one call and returns whole messages, so the
   I/O layer does one `recv_into` and one decode per batch instead of a task hop per message.
 - Unmasking is injectable: the node passes `websockets.speedups.apply_mask` (C) when installed;
