@@ -31,8 +31,10 @@ from wire.device import (
     Welcome,
     decode_control_untrusted,
     decode_frame_untrusted,
+    encode_ack_frame,
     encode_control,
     encode_frame,
+    encode_nack_frame,
 )
 
 DEV = uuid.UUID("11111111-2222-4333-8444-555555555555")
@@ -96,6 +98,11 @@ def test_hello_bytes_are_compact_json() -> None:
 def test_ack_and_delivered_bytes() -> None:
     ack = encode_control(AckMessage(AckStatus.QUEUED, 1), message_id=5, destination=DEV)
     assert ack.hex() == ("010600000000000000000005" + "00" * 16 + DEV.hex + "0000000402000001")
+    assert encode_ack_frame(5, DEV.bytes, AckStatus.QUEUED, 1) == ack
+    nack = encode_control(NackMessage(NackReason.QUEUE_FULL, "full"), message_id=6, destination=DEV)
+    assert encode_nack_frame(6, DEV.bytes, NackReason.QUEUE_FULL, "full") == nack
+    with pytest.raises(EncodeError):
+        encode_ack_frame(5, b"short", AckStatus.QUEUED)
     delivered = encode_control(Delivered(), message_id=5, source=DEV, destination=NET)
     assert len(delivered) == 48
 

@@ -31,10 +31,16 @@ HEADER_BYTES = HEADER.size  # 48
 MAX_CONTROL_PAYLOAD_BYTES = 65536
 MAX_NACK_DETAIL_BYTES = 1024
 _ACK = struct.Struct("!BBH")
+_ACK_FRAME = struct.Struct("!BBHQ16s16sIBBH")  # a whole ACK frame, for the router's hot path
 _NACK_REASON = struct.Struct("!H")
 _FLAGS = struct.Struct("!H")
 _MAX_U64 = (1 << 64) - 1
 _ACK_STATUSES = frozenset(int(s) for s in AckStatus)
+# Plain ints for the per-frame checks (operations on enum members cost microseconds).
+_POLICY_MASK = int(Flags.ANYCAST_POLICY_MASK)
+_UNDEFINED_FLAGS = ~DEFINED_FLAG_BITS & 0xFFFF
+_ANYCAST = int(FrameType.ANYCAST)
+_ACK_TYPE = int(FrameType.ACK)
 
 
 class FrameView(NamedTuple):
@@ -97,8 +103,8 @@ def decode_frame_untrusted(buf: bytes, *, max_payload: int) -> FrameView:
         raise DecodeError(f"unknown frame type {ftype:#04x}", hint=NackReason.BAD_FRAME)
     elif length > MAX_CONTROL_PAYLOAD_BYTES:
         raise DecodeError("control payload over 64 KiB", hint=NackReason.TOO_LARGE)
-    policy = (flags & Flags.ANYCAST_POLICY_MASK) >> ANYCAST_POLICY_SHIFT
-    if flags & ~DEFINED_FLAG_BITS or policy == 3 or (policy and ftype != FrameType.ANYCAST):
+    policy = (flags & _POLICY_MASK) >> ANYCAST_POLICY_SHIFT
+    if flags & _UNDEFINED_FLAGS or policy == 3 or (policy and ftype != _ANYCAST):
         raise DecodeError(f"undefined flags {flags:#06x}", hint=NackReason.BAD_FRAME)
     return FrameView(version, ftype, flags, mid, src, dst, length, buf)
 
@@ -179,6 +185,28 @@ def encode_ack_payload(status: AckStatus, recipients: int) -> bytes:
     if not 0 <= recipients <= 0xFFFF:
         raise EncodeError("recipients out of range")
     return _ACK.pack(status, 0, recipients)
+
+
+def encode_ack_frame(message_id: int, destination: bytes, status: AckStatus, recipients: int = 1) -> bytes:
+    """Return a whole ACK frame (52 bytes) from the node, in one `struct.pack`."""
+    if not 0 <= recipients <= 0xFFFF or not 0 <= message_id <= _MAX_U64 or len(destination) != 16:
+        raise EncodeError("ACK field out of range")
+    return _ACK_FRAME.pack(
+        PROTOCOL_VERSION, _ACK_TYPE, 0, message_id, ZERO_ID, destination, 4, status, 0, recipients
+    )
+
+
+def encode_nack_frame(message_id: int, destination: bytes, reason: int, detail: str = "") -> bytes:
+    """Return a whole NACK frame from the node."""
+    payload = encode_nack_payload(reason, detail)
+    header = encode_frame_header(
+        FrameType.NACK,
+        message_id=message_id,
+        source=ZERO_ID,
+        destination=destination,
+        payload_length=len(payload),
+    )
+    return header + payload
 
 
 def decode_ack_untrusted(payload: bytes | memoryview) -> Ack:
