@@ -194,7 +194,7 @@ def test_python_unmask_equals_c(data: bytes, mask: bytes) -> None:
 messages_st = st.lists(st.one_of(st.binary(max_size=300), st.text(max_size=100)), max_size=12)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(messages_st, st.data())
 def test_roundtrip_with_fragmentation_and_random_chunking(
     messages: list[bytes | str], data: st.DataObject
