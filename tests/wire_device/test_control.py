@@ -182,7 +182,7 @@ names = st.text(min_size=1, max_size=40).filter(lambda s: len(s.encode()) <= 128
 uuids = st.uuids()
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(
     st.one_of(
         st.builds(Hello, token=names, client=st.none() | names),
@@ -213,7 +213,7 @@ def test_hypothesis_round_trip(message) -> None:  # type: ignore[no-untyped-def]
     assert roundtrip(message)[1] == message
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.sampled_from([t for t in FrameType if t < 0x10] + [0x20]), st.binary(max_size=300))
 def test_random_payloads_raise_only_decode_error(ftype: int, payload: bytes) -> None:
     view = decode_frame_untrusted(frame_with(ftype, payload), max_payload=0)
@@ -224,7 +224,7 @@ def test_random_payloads_raise_only_decode_error(ftype: int, payload: bytes) -> 
         assert hint in (NackReason.BAD_FRAME, NackReason.INVALID_INPUT)
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(
     st.sampled_from([FrameType.REGISTER, FrameType.EVENT, FrameType.WELCOME]),
     st.dictionaries(

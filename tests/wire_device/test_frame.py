@@ -209,7 +209,7 @@ def test_derived_id_vectors() -> None:
 ids = st.binary(min_size=16, max_size=16)
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(
     st.sampled_from([int(t) for t in FrameType] + [0x20, 0x2F]),
     st.integers(0, (1 << 64) - 1),
@@ -233,7 +233,7 @@ def test_roundtrip(ftype: int, message_id: int, src: bytes, dst: bytes, payload:
     assert bytes(view.payload) == payload
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200), st.integers(0, 300))
 def test_random_bytes_raise_only_decode_error(data: bytes, max_payload: int) -> None:
     for buf in (data, struct.pack("!BB", 1, 0x10) + data):

@@ -185,6 +185,7 @@ def test_encode_close() -> None:
         encode_control_frame(OP_PONG, b"x" * 126)
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=5000), st.binary(min_size=4, max_size=4))
 def test_python_unmask_equals_c(data: bytes, mask: bytes) -> None:
     assert unmask_python(data, mask) == apply_mask(data, mask)
