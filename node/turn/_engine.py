@@ -141,8 +141,18 @@ class RelayEngine:
                     length = buf[2] << 8 | buf[3]
                     if binding is None or length + 4 > size:
                         drops["no-channel"] += 1
-                    else:
-                        to_peer(binding, view[4 : 4 + length], length)
+                        continue
+                    allocation = binding.allocation
+                    if allocation.bucket is not None:
+                        to_peer(binding, view[4 : 4 + length], length)  # the capped (slower) path
+                        continue
+                    try:
+                        binding.send(view[4 : 4 + length], binding.peer)
+                    except OSError:
+                        drops["send-failed"] += 1
+                        continue
+                    allocation.to_peer_datagrams += 1
+                    allocation.to_peer_bytes += length
                 elif first < 4:
                     self._on_stun(bytes(view[:size]), listener, addr)
                 else:

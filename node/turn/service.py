@@ -330,23 +330,29 @@ class TurnService:
         try:
             for host in self._hosts():
                 af = socket.AF_INET6 if ":" in host else socket.AF_INET
+                mine: list[socket.socket] = []
                 try:
                     if self._settings.udp:
-                        udp.append(udp_socket(af, self._settings.udp_buffer_bytes))
-                        udp[-1].bind((host, port))
-                        port = port or udp[-1].getsockname()[1]
+                        mine.append(udp_socket(af, self._settings.udp_buffer_bytes))
+                        mine[-1].bind((host, port))
+                        port = port or mine[-1].getsockname()[1]
                     if self._settings.tcp:
-                        tcp.append(self._tcp_socket(af, host, port))
-                        port = port or tcp[-1].getsockname()[1]
+                        mine.append(self._tcp_socket(af, host, port))
+                        port = port or mine[-1].getsockname()[1]
                 except OSError as exc:
+                    for sock in mine:
+                        sock.close()
                     if host == self._hosts()[0] or exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
                         raise
                     event(log, logging.WARNING, "TURN listen address skipped", host=host, error=str(exc))
+                    continue
+                udp += [s for s in mine if s.type == socket.SOCK_DGRAM]
+                tcp += [s for s in mine if s.type == socket.SOCK_STREAM]
         except BaseException:
             for sock in [*udp, *tcp]:
                 sock.close()
             raise
-        return [UdpListener(s) for s in udp if s.getsockname()[1]], tcp
+        return [UdpListener(s) for s in udp], tcp
 
     @staticmethod
     def _tcp_socket(af: int, host: str, port: int) -> socket.socket:

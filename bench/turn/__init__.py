@@ -1,0 +1,1 @@
+"""TURN benchmark: Asgard's TURN service against coturn, side by side (`python -m bench.turn`)."""
