@@ -18,10 +18,13 @@ import os
 import select
 import socket
 import struct
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
+
+import trio
 
 from node.turn._protocol import TurnProtocol, send_action
 from node.turn._sockets import read_icmp_errors, send_from_relay
@@ -55,6 +58,7 @@ class RelayEngine:
         self._buf = bytearray(4 + _RECV_BYTES)
         self._view = memoryview(self._buf)
         self.drops: Counter[str] = Counter()
+        self.icmp_forwarded = 0
         self._epoll.register(self._wake_fd, select.EPOLLIN)
 
     # -- called from the Trio thread --------------------------------------------------------------
@@ -260,6 +264,46 @@ class RelayEngine:
             listener: Any = allocation.tag
             try:
                 listener.sock.sendto(data, allocation.client_addr)
-                self.drops["icmp-forwarded"] += 1
+                self.icmp_forwarded += 1
             except OSError:
                 self.drops["send-failed"] += 1
+
+
+def poster(callback: Callable[[list[Control]], None]) -> Callable[[list[Control]], None]:
+    """A thread-safe function that runs `callback(batch)` in the calling Trio run."""
+    token = trio.lowlevel.current_trio_token()
+
+    def post(batch: list[Control]) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(callback, batch)
+
+    return post
+
+
+async def run_engine(engine: RelayEngine) -> None:
+    """Run `engine` on its own thread for as long as this task runs; stop and join it on
+    cancellation; re-raise what made the thread fail."""
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+    failure: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            engine.run()
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(done.set)
+
+    thread = threading.Thread(target=body, name="turn-relay", daemon=True)
+    thread.start()
+    try:
+        await done.wait()
+    finally:
+        engine.stop()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(thread.join)
+    if failure:
+        raise failure[0]
+    raise RuntimeError("the TURN relay thread stopped")

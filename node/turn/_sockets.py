@@ -7,6 +7,7 @@ import errno
 import random
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from wire.stun import AddressFamily
@@ -159,3 +160,96 @@ def send_from_relay(sock: socket.socket, family: int, peer: tuple[str, int], dat
         sock.sendto(data, peer)
     finally:
         set_dont_fragment(sock, family, False)
+
+
+def tcp_listen_socket(af: int, host: str, port: int, backlog: int = 512) -> socket.socket:
+    """A non-blocking listening TCP socket (IPv6 sockets are IPv6-only)."""
+    sock = socket.socket(af, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if af == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_listeners(
+    hosts: list[str],
+    port: int,
+    *,
+    udp: bool,
+    tcp: bool,
+    buffer_bytes: int,
+    on_skip: Callable[[str, OSError], None],
+) -> tuple[list[socket.socket], list[socket.socket]]:
+    """UDP and TCP listening sockets on one port for every host. Port 0 picks one free for both
+    (retrying when the UDP port is taken for TCP); a host after the first whose address family or
+    address is missing is skipped (reported to `on_skip`)."""
+    for _ in range(8):
+        try:
+            return _bind_once(hosts, port, udp=udp, tcp=tcp, buffer_bytes=buffer_bytes, on_skip=on_skip)
+        except OSError as exc:
+            if port != 0 or exc.errno != errno.EADDRINUSE:
+                raise
+    raise OSError(errno.EADDRINUSE, "no port free for both UDP and TCP")
+
+
+def _bind_once(
+    hosts: list[str],
+    port: int,
+    *,
+    udp: bool,
+    tcp: bool,
+    buffer_bytes: int,
+    on_skip: Callable[[str, OSError], None],
+) -> tuple[list[socket.socket], list[socket.socket]]:
+    bound: list[socket.socket] = []
+    try:
+        for index, host in enumerate(hosts):
+            af = socket.AF_INET6 if ":" in host else socket.AF_INET
+            mine: list[socket.socket] = []
+            try:
+                if udp:
+                    mine.append(udp_socket(af, buffer_bytes))
+                    mine[-1].bind((host, port))
+                    port = port or mine[-1].getsockname()[1]
+                if tcp:
+                    mine.append(tcp_listen_socket(af, host, port))
+                    port = port or mine[-1].getsockname()[1]
+            except OSError as exc:
+                for sock in mine:
+                    sock.close()
+                if index == 0 or exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                    raise
+                on_skip(host, exc)
+                continue
+            bound += mine
+    except BaseException:
+        for sock in bound:
+            sock.close()
+        raise
+    return [s for s in bound if s.type == socket.SOCK_DGRAM], [
+        s for s in bound if s.type == socket.SOCK_STREAM
+    ]
+
+
+def relay_hosts(
+    hosts: list[str], configured: dict[int, str | None], external: dict[int, str | None]
+) -> dict[int, tuple[str, str]]:
+    """(bind address, announced address) per family: the configured one, else a specific listen
+    address of that family, else the default route's address (IPv6 only when listening on '::')."""
+    specific = [h for h in hosts if h not in ("0.0.0.0", "::")]  # noqa: S104 - a comparison
+    found: dict[int, tuple[str, str]] = {}
+    for family, af in ((AddressFamily.IPV4, socket.AF_INET), (AddressFamily.IPV6, socket.AF_INET6)):
+        same = [h for h in specific if (":" in h) == (af == socket.AF_INET6)]
+        bind = configured.get(family) or (same[0] if same else None)
+        if bind is None and (af == socket.AF_INET or "::" in hosts):
+            bind = default_route_address(af)
+        if bind is not None:
+            found[family] = (bind, external.get(family) or bind)
+    return found

@@ -1,18 +1,14 @@
 """The STUN/TURN service on Trio: UDP and TCP listeners on one port, UDP relay sockets, timers.
 
-Relay hot paths read the state's route dicts directly and drain each socket with non-blocking
-`recvfrom_into` before yielding; a datagram that cannot be sent at once is dropped and counted.
-Everything else goes through the pure `TurnProtocol`.
+The control plane (every STUN request, the state, timers) runs here in Trio through the pure
+`TurnProtocol`. UDP clients' relay traffic runs on the relay thread (`_engine.RelayEngine`) unless
+`relay_thread` is off; TCP clients' relays and the thread-less mode use Trio tasks
+(`_trio_relay.TrioRelay`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
-import socket
-import struct
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -24,20 +20,20 @@ import trio
 
 from node.errors import Unavailable
 from node.turn._authn import Authenticator
-from node.turn._engine import Control, RelayEngine
+from node.turn._engine import Control, RelayEngine, poster, run_engine
 from node.turn._nonce import NonceIssuer
 from node.turn._protocol import Client, OpenedRelays, Outcome, PendingAllocate, ProtocolConfig, TurnProtocol
 from node.turn._sockets import (
     AF_OF_FAMILY,
     bind_in_range,
-    default_route_address,
+    bind_listeners,
     enable_icmp_errors,
-    read_icmp_errors,
+    relay_hosts,
     send_from_relay,
     set_dont_fragment,
-    udp_socket,
 )
-from node.turn._tcp import PADDING, TcpClient
+from node.turn._transports import TcpClient, UdpListener
+from node.turn._trio_relay import TrioRelay
 from node.turn.credentials import (
     ChainedUsers,
     ConfigUsers,
@@ -50,7 +46,7 @@ from node.turn.credentials import (
 from node.turn.policy import PeerPolicy
 from node.turn.probe import ProbeReport, StunProber
 from node.turn.settings import TurnSettings
-from node.turn.state import Allocation, ChannelBinding, Limits, Relay, TurnState
+from node.turn.state import Allocation, Limits, Relay, TurnState
 from wire.stun import (
     CHANNEL_MAX,
     CHANNEL_MAX_RFC5766,
@@ -62,16 +58,6 @@ from wire.stun import (
 )
 
 log = logging.getLogger("asgard.turn")  # the node's logger tree (node.logs), structured fields
-
-
-def event(logger: logging.Logger, level: int, message: str, **fields: Any) -> None:
-    """Log with structured `fields` the way `node.logs.event` does."""
-    if logger.isEnabledFor(level):
-        logger.log(level, message, extra={"fields": fields}, stacklevel=2)
-
-
-_CHANNEL_HEADER = struct.Struct("!HH")
-_DRAIN_BATCH = 64
 _RECV_BYTES = 65_536
 _COLD_FIELDS = (
     "enabled", "host", "extra_hosts", "port", "udp", "tcp", "realm", "relay_ipv4", "relay_ipv6",
@@ -79,6 +65,12 @@ _COLD_FIELDS = (
     "udp_buffer_bytes", "relay_thread", "rfc5766_channels", "tcp_max_connections", "tcp_idle_timeout_s",
     "tcp_write_timeout_s", "tcp_send_queue_frames", "max_stream_frame_bytes",
 )  # fmt: skip
+
+
+def event(logger: logging.Logger, level: int, message: str, **fields: Any) -> None:
+    """Log with structured `fields` the way `node.logs.event` does."""
+    if logger.isEnabledFor(level):
+        logger.log(level, message, extra={"fields": fields}, stacklevel=2)
 
 
 @dataclass(frozen=True)
@@ -117,16 +109,6 @@ class TurnStatistics:
             "drops": dict(self.drops),
             "probe": None if self.probe is None else self.probe.as_dict(),
         }
-
-
-class UdpListener:
-    """A client-facing UDP socket; also the 5-tuple tag of allocations made through it."""
-
-    __slots__ = ("address", "sock")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.address: tuple[str, int] = sock.getsockname()[:2]
 
 
 def _policy(settings: TurnSettings) -> PeerPolicy:
@@ -172,10 +154,10 @@ class TurnService:
             rest=self._rest,
         )
         self._protocol = TurnProtocol(
-            self._state, auth, _policy(settings), self._protocol_config(settings, set())
+            self._state, auth, _policy(settings), self._protocol_config(settings, ())
         )
+        self._trio = TrioRelay(self._state, self._protocol, self._on_stun)
         self._drops: Counter[str] = Counter()
-        self._udp: list[UdpListener] = []
         self._tcp_clients: set[TcpClient] = set()
         self._scopes: dict[Relay, trio.CancelScope] = {}
         self._engine: RelayEngine | None = None
@@ -207,33 +189,34 @@ class TurnService:
 
     async def serve(self, *, task_status: trio.TaskStatus[TurnAddresses] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen and relay until cancelled; reports the bound addresses via `task_status`."""
-        listeners, tcp_socks = self._bind_listeners()
-        self._pick_relay_hosts()
-        self._protocol.config = self._protocol_config(self._settings, self._relay_hosts)
+        s = self._settings
+        hosts = [s.host or self._default_host, *s.extra_hosts]
+        udp_socks, tcp_socks = bind_listeners(
+            hosts, s.port, udp=s.udp, tcp=s.tcp, buffer_bytes=s.udp_buffer_bytes, on_skip=self._skipped
+        )
+        listeners = [UdpListener(sock) for sock in udp_socks]
+        self._relay_hosts = relay_hosts(
+            hosts,
+            {AddressFamily.IPV4: s.relay_ipv4, AddressFamily.IPV6: s.relay_ipv6},
+            {AddressFamily.IPV4: s.external_ipv4, AddressFamily.IPV6: s.external_ipv6},
+        )
+        self._protocol.config = self._protocol_config(s, self._relay_hosts)
         self.addresses = TurnAddresses(
             udp=[listener.address for listener in listeners],
-            tcp=[s.getsockname()[:2] for s in tcp_socks],
+            tcp=[sock.getsockname()[:2] for sock in tcp_socks],
             relay={
                 ("ipv6" if f == AddressFamily.IPV6 else "ipv4"): a for f, (_, a) in self._relay_hosts.items()
             },
         )
-        self._udp = listeners
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                if self._settings.relay_thread and listeners:
-                    self._engine = RelayEngine(self._state, self._protocol, self._post_control())
-                    for listener in listeners:
-                        self._engine.add_listener(listener, _max_channel(self._settings) >> 8)
-                    nursery.start_soon(self._run_engine, self._engine)
-                else:
-                    for listener in listeners:
-                        nursery.start_soon(self._udp_loop, listener)
+                self._start_udp(nursery, listeners)
                 if tcp_socks:
                     trio_listeners = [
-                        trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in tcp_socks
+                        trio.SocketListener(trio.socket.from_stdlib_socket(t)) for t in tcp_socks
                     ]
-                    tcp_socks = []
+                    tcp_socks = []  # closed by trio from here on
                     serve = partial(
                         trio.serve_listeners, self._tcp_handler, trio_listeners, handler_nursery=nursery
                     )
@@ -253,17 +236,21 @@ class TurnService:
     def statistics(self) -> TurnStatistics:
         """Allocations, permissions, channels, relayed traffic, refusals and drops by reason."""
         counts = self._state.counts()
-        drops = Counter(self._protocol.drops) + self._drops
+        drops = Counter(self._protocol.drops) + self._drops + self._trio.drops
+        icmp = self._trio.icmp_forwarded
         if self._engine is not None:
             drops.update(dict(self._engine.drops))
+            icmp += self._engine.icmp_forwarded
         drops["tcp-queue-full"] += sum(c.dropped for c in self._tcp_clients)
+        relayed = {k: v for k, v in counts.items() if k.startswith("to_")}
+        relayed["icmp_to_client"] = icmp
         return TurnStatistics(
             allocations=counts["allocations"],
             permissions=counts["permissions"],
             channels=counts["channels"],
             reservations=counts["reservations"],
             tcp_connections=len(self._tcp_clients),
-            relayed={k: v for k, v in counts.items() if k.startswith("to_")},
+            relayed=relayed,
             refusals=dict(self._protocol.refusals),
             drops={k: v for k, v in drops.items() if v},
             probe=self.prober.latest(),
@@ -283,11 +270,11 @@ class TurnService:
             [s.get_secret_value() for s in settings.rest_secrets], time.time(), settings.rest_secret_grace_s
         )
         self._protocol.auth.nonces.lifetime_s = settings.nonce_lifetime_s
-        self._protocol.config = self._protocol_config(settings, self._relay_hosts)
+        self._settings = settings.model_copy(update={name: getattr(old, name) for name in cold})
+        self._protocol.config = self._protocol_config(self._settings, self._relay_hosts)
         self.prober.configure(settings.probe_servers, settings.probe_interval_s, settings.probe_timeout_s)
         if settings.allow_loopback_peers and not old.allow_loopback_peers:
             event(log, logging.WARNING, "TURN relays to loopback peers (allow_loopback_peers is on)")
-        self._settings = settings.model_copy(update={name: getattr(old, name) for name in cold})
         event(log, logging.INFO, "TURN settings applied", revoked_permissions=revoked, restart_needed=cold)
         return cold
 
@@ -309,142 +296,15 @@ class TurnService:
             secret, user, ttl_s=ttl, unix_now=time.time(), realm=self._settings.realm, uris=uris
         )
 
-    # -- binding --------------------------------------------------------------------------------
-
-    def _hosts(self) -> list[str]:
-        return [self._settings.host or self._default_host, *self._settings.extra_hosts]
-
-    def _bind_listeners(self) -> tuple[list[UdpListener], list[socket.socket]]:
-        for _ in range(8):  # port 0: the UDP port picked first may be taken for TCP; try again
-            try:
-                return self._bind_once()
-            except OSError as exc:
-                if self._settings.port != 0 or exc.errno != errno.EADDRINUSE:
-                    raise
-        raise OSError(errno.EADDRINUSE, "no port free for both UDP and TCP")
-
-    def _bind_once(self) -> tuple[list[UdpListener], list[socket.socket]]:
-        port = self._settings.port
-        udp: list[socket.socket] = []
-        tcp: list[socket.socket] = []
-        try:
-            for host in self._hosts():
-                af = socket.AF_INET6 if ":" in host else socket.AF_INET
-                mine: list[socket.socket] = []
-                try:
-                    if self._settings.udp:
-                        mine.append(udp_socket(af, self._settings.udp_buffer_bytes))
-                        mine[-1].bind((host, port))
-                        port = port or mine[-1].getsockname()[1]
-                    if self._settings.tcp:
-                        mine.append(self._tcp_socket(af, host, port))
-                        port = port or mine[-1].getsockname()[1]
-                except OSError as exc:
-                    for sock in mine:
-                        sock.close()
-                    if host == self._hosts()[0] or exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
-                        raise
-                    event(log, logging.WARNING, "TURN listen address skipped", host=host, error=str(exc))
-                    continue
-                udp += [s for s in mine if s.type == socket.SOCK_DGRAM]
-                tcp += [s for s in mine if s.type == socket.SOCK_STREAM]
-        except BaseException:
-            for sock in [*udp, *tcp]:
-                sock.close()
-            raise
-        return [UdpListener(s) for s in udp], tcp
+    # -- STUN messages and what follows from them -----------------------------------------------
 
     @staticmethod
-    def _tcp_socket(af: int, host: str, port: int) -> socket.socket:
-        sock = socket.socket(af, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if af == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((host, port))
-            sock.listen(512)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        return sock
+    def _skipped(host: str, exc: OSError) -> None:
+        event(log, logging.WARNING, "TURN listen address skipped", host=host, error=str(exc))
 
-    def _pick_relay_hosts(self) -> None:
-        s = self._settings
-        listen = [h for h in self._hosts() if h not in ("0.0.0.0", "::")]  # noqa: S104
-        for family, af, configured, external in (
-            (AddressFamily.IPV4, socket.AF_INET, s.relay_ipv4, s.external_ipv4),
-            (AddressFamily.IPV6, socket.AF_INET6, s.relay_ipv6, s.external_ipv6),
-        ):
-            specific = [h for h in listen if (":" in h) == (af == socket.AF_INET6)]
-            bind = configured or (specific[0] if specific else None)
-            if bind is None and (af == socket.AF_INET or "::" in self._hosts()):
-                bind = default_route_address(af)
-            if bind is not None:
-                self._relay_hosts[family] = (bind, external or bind)
-
-    # -- client-facing UDP ----------------------------------------------------------------------
-
-    async def _udp_loop(self, listener: UdpListener) -> None:
-        sock = listener.sock
-        recv = sock.recvfrom_into
-        routes = self._state.routes_for(listener)
-        buf = bytearray(_RECV_BYTES)
-        view = memoryview(buf)
-        drops = self._drops
-        last_first = _max_channel(self._settings) >> 8
-        budget = 0
-        while True:
-            try:
-                size, addr = recv(buf)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
-                budget = 0
-                continue
-            except OSError:
-                drops["recv-error"] += 1
-                continue
-            first = buf[0] if size else 0xFF
-            if 0x40 <= first <= last_first and size >= 4:
-                binding = routes.get((addr, first << 8 | buf[1]))
-                length = buf[2] << 8 | buf[3]
-                if binding is None or length + 4 > size:
-                    drops["no-channel"] += 1
-                else:
-                    self._to_peer(binding, view[4 : 4 + length], length)
-            elif first < 4:
-                self._on_stun(bytes(view[:size]), Client(listener, addr, "udp"))
-            else:
-                drops["not-stun"] += 1
-            budget += 1
-            if budget >= _DRAIN_BATCH:
-                budget = 0
-                await trio.lowlevel.checkpoint()
-
-    def _to_peer(self, binding: ChannelBinding, data: memoryview | bytes, length: int) -> None:
-        allocation = binding.allocation
-        bucket = allocation.bucket
-        if bucket is not None and not bucket.take(length, time.monotonic()):
-            self._drops["bandwidth"] += 1
-            return
-        try:
-            binding.send(data, binding.peer)
-        except OSError:
-            self._drops["send-failed"] += 1
-            return
-        allocation.to_peer_datagrams += 1
-        allocation.to_peer_bytes += length
-
-    def _deliver(self, tag: object, addr: Any, data: bytes) -> None:
-        if isinstance(tag, UdpListener):
-            try:
-                tag.sock.sendto(data, addr)
-            except OSError:
-                self._drops["send-failed"] += 1
-        elif isinstance(tag, TcpClient):
-            tag.deliver(data)
-
-    # -- STUN messages and outcomes -------------------------------------------------------------
+    def _on_control(self, batch: list[Control]) -> None:
+        for data, listener, addr in batch:
+            self._on_stun(data, Client(listener, addr, "udp"))
 
     def _on_stun(self, data: bytes, client: Client) -> None:
         now = trio.current_time()
@@ -454,7 +314,7 @@ class TurnService:
                 outcome.pending, self._open_relays(outcome.pending), now
             )
         if outcome.reply is not None:
-            self._deliver(client.tag, client.addr, outcome.reply)
+            self._trio.deliver(client.tag, client.addr, outcome.reply)
         self._carry_out(outcome)
 
     def _carry_out(self, outcome: Outcome) -> None:
@@ -465,27 +325,25 @@ class TurnService:
             self._close_allocation(allocation)
         for relay in outcome.release:
             self._close_relay(relay)
-        if outcome.send is not None:
-            self._send_indicated(outcome.send.allocation, outcome.send.relay, outcome.send.peer,
-                                 outcome.send.data, outcome.send.dont_fragment)  # fmt: skip
+        send = outcome.send
+        if send is not None:
+            self._send_indicated(send.allocation, send.relay, send.peer, send.data, send.dont_fragment)
         if self._state.next_deadline() < self._armed:
             self._timer_wake.set()
 
     def _open_relays(self, pending: PendingAllocate) -> OpenedRelays:
         opened = OpenedRelays()
-        primary = pending.families[0]
         s = self._settings
-        for family in pending.families:
+        for index, family in enumerate(pending.families):
             hosts = self._relay_hosts.get(family)
             if hosts is None:
                 opened.failed[family] = 440
                 continue
-            first = family == primary
             try:
                 bound = bind_in_range(
                     AF_OF_FAMILY[AddressFamily(family)], hosts[0], s.relay_port_min, s.relay_port_max,
-                    s.udp_buffer_bytes, even=pending.even_port and first,
-                    reserve_next=pending.reserve_next and first,
+                    s.udp_buffer_bytes, even=pending.even_port and index == 0,
+                    reserve_next=pending.reserve_next and index == 0,
                 )  # fmt: skip
             except OSError as exc:
                 event(log, logging.WARNING, "TURN relay socket failed", error=str(exc))
@@ -516,6 +374,17 @@ class TurnService:
 
     # -- relays ---------------------------------------------------------------------------------
 
+    def _start_udp(self, nursery: trio.Nursery, listeners: list[UdpListener]) -> None:
+        last_channel_byte = _max_channel(self._settings) >> 8
+        if self._settings.relay_thread and listeners:
+            self._engine = RelayEngine(self._state, self._protocol, poster(self._on_control))
+            for listener in listeners:
+                self._engine.add_listener(listener, last_channel_byte)
+            nursery.start_soon(run_engine, self._engine)
+            return
+        for listener in listeners:
+            nursery.start_soon(self._trio.serve_udp, listener, last_channel_byte)
+
     def _start_relay(self, relay: Relay, allocation: Allocation) -> None:
         set_dont_fragment(relay.sock, relay.family, allocation.dont_fragment)
         enable_icmp_errors(relay.sock, relay.family)
@@ -529,13 +398,13 @@ class TurnService:
             scope.cancel()
             relay.sock.close()
             return
-        self._nursery.start_soon(self._relay_loop, relay, allocation, scope)
+        self._nursery.start_soon(self._trio.serve_relay, relay, allocation, scope)
 
     def _close_relay(self, relay: Relay) -> None:
         if relay in self._engine_relays:
             self._engine_relays.discard(relay)
             if self._engine is not None:
-                self._engine.remove(relay.sock)
+                self._engine.remove(relay.sock)  # the relay thread closes it
             return
         scope = self._scopes.pop(relay, None)
         if scope is None:
@@ -546,122 +415,6 @@ class TurnService:
     def _close_allocation(self, allocation: Allocation) -> None:
         for relay in allocation.relays.values():
             self._close_relay(relay)
-
-    async def _relay_loop(self, relay: Relay, allocation: Allocation, scope: trio.CancelScope) -> None:
-        sock: socket.socket = relay.sock
-        try:
-            with scope:
-                await self._relay_drain(sock, relay, allocation)
-        finally:
-            sock.close()
-
-    async def _relay_drain(self, sock: socket.socket, relay: Relay, allocation: Allocation) -> None:
-        recv = sock.recvfrom_into
-        buf = bytearray(4 + _RECV_BYTES)
-        view = memoryview(buf)
-        payload = view[4:]
-        pack = _CHANNEL_HEADER.pack_into
-        by_peer, permissions = allocation.channel_by_peer, allocation.permissions
-        tag, client_addr = allocation.tag, allocation.client_addr
-        udp_send = tag.sock.sendto if isinstance(tag, UdpListener) else None
-        tcp_client = tag if isinstance(tag, TcpClient) else None
-        v6 = relay.family == AddressFamily.IPV6
-        drops = self._drops
-        budget = 0
-        woke = False
-        while True:
-            try:
-                size, peer = recv(payload)
-            except BlockingIOError:
-                if woke:
-                    self._on_icmp(sock, allocation)
-                await trio.lowlevel.wait_readable(sock)
-                woke, budget = True, 0
-                continue
-            except OSError:
-                self._on_icmp(sock, allocation)
-                continue
-            woke = False
-            if v6:
-                peer = (peer[0], peer[1])
-            channel = by_peer.get(peer)
-            bucket = allocation.bucket
-            if bucket is not None and not bucket.take(size, time.monotonic()):
-                drops["bandwidth"] += 1
-            elif channel is not None:
-                pack(buf, 0, channel, size)
-                if udp_send is not None:
-                    try:
-                        udp_send(view[: 4 + size], client_addr)
-                    except OSError:
-                        drops["send-failed"] += 1
-                        continue
-                elif tcp_client is None or not tcp_client.deliver(
-                    bytes(view[: 4 + size]) + PADDING[size & 3]
-                ):
-                    continue
-                allocation.to_client_datagrams += 1
-                allocation.to_client_bytes += size
-            elif peer[0] in permissions:
-                self._deliver(tag, client_addr, self._protocol.data_indication(peer, payload[:size]))
-                allocation.to_client_datagrams += 1
-                allocation.to_client_bytes += size
-            else:
-                drops["no-permission"] += 1
-            budget += 1
-            if budget >= _DRAIN_BATCH:
-                budget = 0
-                await trio.lowlevel.checkpoint()
-
-    def _on_icmp(self, sock: socket.socket, allocation: Allocation) -> None:
-        for error in read_icmp_errors(sock):
-            data = self._protocol.icmp_indication(
-                allocation, error.peer, error.icmp_type, error.icmp_code, error.info
-            )
-            if data is not None:
-                self._deliver(allocation.tag, allocation.client_addr, data)
-                self._drops["icmp-forwarded"] += 1
-
-    # -- the relay thread -----------------------------------------------------------------------
-
-    def _post_control(self) -> Any:
-        token = trio.lowlevel.current_trio_token()
-
-        def post(batch: list[Control]) -> None:
-            with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(self._on_control, batch)
-
-        return post
-
-    def _on_control(self, batch: list[Control]) -> None:
-        for data, listener, addr in batch:
-            self._on_stun(data, Client(listener, addr, "udp"))
-
-    async def _run_engine(self, engine: RelayEngine) -> None:
-        token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
-        failure: list[BaseException] = []
-
-        def body() -> None:
-            try:
-                engine.run()
-            except BaseException as exc:
-                failure.append(exc)
-            finally:
-                with contextlib.suppress(trio.RunFinishedError):
-                    token.run_sync_soon(done.set)
-
-        thread = threading.Thread(target=body, name="turn-relay", daemon=True)
-        thread.start()
-        try:
-            await done.wait()
-        finally:
-            engine.stop()
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(thread.join)
-        if failure:
-            raise failure[0]
-        raise RuntimeError("the TURN relay thread stopped")
 
     # -- timers ---------------------------------------------------------------------------------
 
@@ -725,14 +478,12 @@ class TurnService:
             try:
                 decoder.receive_data(data)
                 while (frame := decoder.next_frame()) is not None:
-                    if isinstance(frame, ChannelDataFrame):
-                        binding = routes.get((client.addr, frame.channel))
-                        if binding is None:
-                            self._drops["no-channel"] += 1
-                        else:
-                            self._to_peer(binding, frame.data, len(frame.data))
-                    else:
+                    if not isinstance(frame, ChannelDataFrame):
                         self._on_stun(frame.data, stun_client)
+                    elif (binding := routes.get((client.addr, frame.channel))) is not None:
+                        self._trio.to_peer(binding, frame.data, len(frame.data))
+                    else:
+                        self._drops["no-channel"] += 1
             except StunDecodeError:
                 self._drops["tcp-framing"] += 1
                 return

@@ -13,7 +13,7 @@ from typing import Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from node.config import LIVE, Section
+from node.config._model import LIVE, Section  # the submodule: node.config itself imports this module
 
 
 class TurnSettings(Section):

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import trio
 
-from node.turn import TurnAddresses, TurnService, TurnSettings, _sockets
+from node.turn import TurnAddresses, TurnService, TurnSettings
+from node.turn import service as service_module
 from wire.stun import (
     Attr,
     Attribute,
@@ -340,17 +341,18 @@ class RecordingSocket(socket.socket):
 
 @pytest.fixture
 def recorded_relay_sends(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, Any]]:
-    """Make every relay socket a RecordingSocket; returns the shared list of sends."""
-    original = _sockets.udp_socket
+    """Make every relay socket (not the listeners) a RecordingSocket; returns the list of sends."""
+    original = service_module.bind_in_range
     sent: list[tuple[bytes, Any]] = []
     RecordingSocket.sent = sent
 
-    def recording(af: int, buffer_bytes: int) -> socket.socket:
-        plain = original(af, buffer_bytes)
-        sock = RecordingSocket(af, socket.SOCK_DGRAM, 0, plain.detach())
-        return sock
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        bound = original(*args, **kwargs)
+        if bound is None:
+            return None
+        return tuple(None if s is None else RecordingSocket(s.family, s.type, 0, s.detach()) for s in bound)
 
-    monkeypatch.setattr(_sockets, "udp_socket", recording)
+    monkeypatch.setattr(service_module, "bind_in_range", recording)
     return sent
 
 

@@ -1,8 +1,14 @@
-"""TURN over TCP (RFC 8656 §5): one reader and exactly one writer task per connection; the writer
-drains a bounded queue and sends what has gathered in one `send_all` (frames over the bound are
-dropped and counted, like UDP)."""
+"""The two client transports: a UDP listener (shared by many clients) and one TCP connection.
+
+Either object is the "tag" of the 5-tuples (and allocations) that come through it. TURN over TCP
+(RFC 8656 §5) has one reader and exactly one writer task per connection; the writer drains a
+bounded queue and sends what has gathered in one `send_all` (frames over the bound are dropped
+and counted, like UDP).
+"""
 
 from __future__ import annotations
+
+import socket
 
 import trio
 
@@ -10,8 +16,18 @@ _BATCH_BYTES = 64 * 1024
 PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")  # indexed by length % 4 (RFC 8656 §12.5)
 
 
+class UdpListener:
+    """A client-facing UDP socket."""
+
+    __slots__ = ("address", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.address: tuple[str, int] = sock.getsockname()[:2]
+
+
 class TcpClient:
-    """One TCP client connection; also the 5-tuple tag of its allocation."""
+    """One TCP client connection."""
 
     __slots__ = ("_receive", "_send", "addr", "dropped", "stream")
 
