@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 PY = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SERVER_KINDS = ("asgard", "plain", "plain-uvloop")
+SERVER_KINDS = ("asgard", "asgard-swi", "plain", "plain-uvloop")
 
 
 def free_port() -> int:

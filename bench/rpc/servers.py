@@ -2,6 +2,8 @@
 
     python -m bench.rpc.servers asgard --port N   # Asgard's router: island + bridge + Trio backend
     python -m bench.rpc.servers plain  --port N   # reference: a plain grpclib server on asyncio
+    python -m bench.rpc.servers asgard-swi --port N   # Asgard with sys.setswitchinterval(0.5 ms)
+    python -m bench.rpc.servers plain-uvloop --port N # the reference on uvloop
 
 Both use the same generated betterproto2 messages and answer the same way; the reference is what
 a user would write without Trio: handlers answer inside the asyncio loop (no auth, no bridge).
@@ -87,10 +89,14 @@ def _asgard(port: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["asgard", "plain", "plain-uvloop"])
+    parser.add_argument("kind", choices=["asgard", "asgard-swi", "plain", "plain-uvloop"])
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     if args.kind == "asgard":
+        _asgard(args.port)
+    elif args.kind == "asgard-swi":
+        # Experiment: two busy threads hand the GIL over faster with a shorter switch interval.
+        sys.setswitchinterval(0.0005)
         _asgard(args.port)
     elif args.kind == "plain-uvloop":
         import uvloop

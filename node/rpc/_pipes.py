@@ -74,6 +74,7 @@ class ToIsland(Generic[T]):
     # Trio side -----------------------------------------------------------------------------
     async def _send(self, value: T) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
         while True:
             if self._send_closed:
                 raise trio.ClosedResourceError("the sending end was closed")
@@ -83,9 +84,11 @@ class ToIsland(Generic[T]):
                 break
             self._credit_wait = trio.Event()
             await self._credit_wait.wait()
+            waited = True
         self._credits -= 1
         self._posts.to_island(self._island_push, value)
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        if not waited:  # waiting was the checkpoint already
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     def close_sender(self, error: BaseException | None = None) -> None:
         """End the stream (Trio side); idempotent. `error`, if any, is raised to the reader."""
@@ -238,22 +241,29 @@ class ToTrio(Generic[T]):
             self._wait = None
 
     async def _receive(self) -> T:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while not self._items:
+        if self._items:  # like Trio's memory channels: a checkpoint, one scheduling round
+            await trio.lowlevel.checkpoint_if_cancelled()
+            value = self._take()
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return value
+        while not self._items:  # waiting is the checkpoint; no second round after waking
             if self._receive_closed:
                 raise trio.ClosedResourceError("the receiving end was closed")
             if self._end is not None:
+                await trio.lowlevel.checkpoint()
                 if self._end.error is not None:
                     raise self._end.error
                 raise trio.EndOfChannel
             self._wait = trio.Event()
             await self._wait.wait()
+        return self._take()
+
+    def _take(self) -> T:
         value = self._items.popleft()
         self._consumed += 1
         if self._consumed >= _credit_batch(self._window):
             self._posts.to_island(self._island_credit, self._consumed)
             self._consumed = 0
-        await trio.lowlevel.cancel_shielded_checkpoint()
         return value
 
     def close_receiver(self) -> None:
