@@ -14,6 +14,7 @@ under a read in progress and then reused by another allocation's socket.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import socket
@@ -31,6 +32,7 @@ from node.turn._sockets import read_icmp_errors, send_from_relay
 from node.turn.state import Allocation, ChannelBinding, Relay, TurnState
 from wire.stun import AddressFamily, StunDecodeError, decode_message_untrusted
 
+log = logging.getLogger("asgard.turn")
 _RECV_BYTES = 65_536
 _DRAIN = 32
 _SEND_INDICATION = (0x00, 0x16)  # Send indication message type (RFC 8656 §10)
@@ -98,8 +100,13 @@ class RelayEngine:
                         self._on_wake()
                         continue
                     handler = handlers.get(fd)
-                    if handler is not None:
+                    if handler is None:
+                        continue
+                    try:
                         handler(flags)
+                    except Exception:  # a bug must not stop relaying for everyone
+                        self.drops["internal-error"] += 1
+                        log.exception("TURN relay thread: error in a socket handler")
                 if self._control:
                     batch, self._control = self._control, []
                     self._post_control(batch)

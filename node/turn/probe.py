@@ -97,8 +97,11 @@ class ProbeReport:
         return asdict(self)
 
 
-async def _resolve(host: str, port: int) -> tuple[int, tuple[str, int]]:
-    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+async def _resolve(host: str, port: int, timeout_s: float) -> tuple[int, tuple[str, int]]:
+    with trio.move_on_after(timeout_s) as scope:
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    if scope.cancelled_caught:
+        raise ProbeError(f"cannot resolve {host} within {timeout_s:g} s")
     if not infos:
         raise ProbeError(f"cannot resolve {host}")
     family, _, _, _, address = infos[0]
@@ -180,7 +183,7 @@ async def probe_nat(target: str, *, timeout_s: float = 3.0) -> ProbeReport:
     at = time.time()
     try:
         host, port = parse_server(target)
-        family, server = await _resolve(host, port)
+        family, server = await _resolve(host, port, timeout_s)
         with trio.socket.socket(family, socket.SOCK_DGRAM) as sock:
             await sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))  # noqa: S104
             local = (_local_ip(family, server), sock.getsockname()[1])

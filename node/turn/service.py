@@ -265,6 +265,8 @@ class TurnService:
         self._protocol.policy = policy
         revoked = self._state.revoke_peers(lambda host: not policy.allows(host))
         self._state.limits = _limits(settings)
+        if settings.bandwidth_limit_bytes_per_s != old.bandwidth_limit_bytes_per_s:
+            self._state.set_bandwidth(settings.bandwidth_limit_bytes_per_s)
         self._protocol.auth.users = self._user_source(old.model_copy(update={"users": settings.users}))
         self._rest.update(
             [s.get_secret_value() for s in settings.rest_secrets], time.time(), settings.rest_secret_grace_s
@@ -307,6 +309,13 @@ class TurnService:
             self._on_stun(data, Client(listener, addr, "udp"))
 
     def _on_stun(self, data: bytes, client: Client) -> None:
+        try:
+            self._handle_stun(data, client)
+        except Exception:  # untrusted input must not take the node down, even through a bug
+            self._drops["internal-error"] += 1
+            log.exception("TURN: error while handling a STUN message")
+
+    def _handle_stun(self, data: bytes, client: Client) -> None:
         now = trio.current_time()
         outcome = self._protocol.handle(data, client, now, time.time())
         if outcome.pending is not None:

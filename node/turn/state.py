@@ -17,8 +17,8 @@ or refreshing a permission re-enables the bindings to that IP, expiry of either 
 Timers are a heap of (deadline, seq, kind, ref). Refreshing only moves an object's expiry later,
 so no entry is pushed then: when an entry pops early the object is re-pushed at its own expiry.
 An allocation whose lifetime shrinks (Refresh) pushes one earlier entry. `next_deadline()` tells
-the service when to call `expire(now)`. After a channel expires its number stays quarantined for
-that peer for 300 s (§12: it MUST NOT be rebound to another peer meanwhile).
+the service when to call `expire(now)`. After a channel expires, for 300 s its number may not be
+bound to another peer nor its peer to another number (§12).
 
 Quotas: allocations per user (486) and in total (508), permissions and channels per allocation
 (508). Every function takes `now` (service clock, seconds); nothing here does I/O.
@@ -165,6 +165,12 @@ class TurnState:
         if len(self.allocations) >= self.limits.total:
             return 508
         return None
+
+    def set_bandwidth(self, bytes_per_s: int | None) -> None:
+        """Apply a new per-allocation cap to every allocation (and new ones)."""
+        self.limits.bandwidth_bytes_per_s = bytes_per_s
+        for allocation in self.allocations.values():
+            allocation.bucket = None if bytes_per_s is None else TokenBucket(bytes_per_s)
 
     # -- allocations ----------------------------------------------------------------------------
 

@@ -290,3 +290,38 @@ async def test_decoded_replies_are_well_formed(turn: RunningTurn, client_factory
     assert response.has(Attr.FINGERPRINT)
     assert response.has(Attr.MESSAGE_INTEGRITY)
     assert decode_message_untrusted(response.raw) == response
+
+
+@pytest.mark.parametrize("relay_thread", [True, False], ids=["relay-thread", "trio-only"])
+async def test_a_bug_in_request_handling_does_not_stop_the_service(
+    nursery: trio.Nursery, client_factory: Any, monkeypatch: pytest.MonkeyPatch, relay_thread: bool
+) -> None:
+    turn = await start_turn(nursery, base_settings(relay_thread=relay_thread))
+    client = await client_factory(turn.udp)
+    original = turn.service._protocol.handle
+    calls = 0
+
+    def flaky(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("injected bug")
+        return original(*args)
+
+    monkeypatch.setattr(turn.service._protocol, "handle", flaky)
+    await client.send_raw(encode_message(Message(Method.BINDING, MessageClass.REQUEST, os.urandom(12))))
+    assert (await binding(client)).cls == MessageClass.SUCCESS
+    assert turn.service.statistics().drops["internal-error"] == 1
+
+
+async def test_bandwidth_cap_changes_live(
+    turn: RunningTurn, client_factory: Any, echo_peer: EchoPeer
+) -> None:
+    client = await client_factory(turn.udp)
+    await client.allocate()
+    await client.channel_bind(0x4001, echo_peer.address)
+    turn.service.apply_settings(base_settings(bandwidth_limit_bytes_per_s=1024))
+    for _ in range(80):
+        await client.send_channel(0x4001, bytes(1000))
+    await binding(client)
+    assert turn.service.statistics().drops.get("bandwidth", 0) > 0
