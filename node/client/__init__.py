@@ -1,0 +1,26 @@
+"""A Trio device client for the relay: connect, register, send, receive, confirm, reconnect."""
+
+from node.client._client import FINAL_CLOSE_CODES, ClientSettings, DeviceClient, open_device_client
+from node.client._types import (
+    Ack,
+    ClientError,
+    ConnectionLost,
+    Message,
+    NackError,
+    SeenIds,
+    SessionEnded,
+)
+
+__all__ = [
+    "FINAL_CLOSE_CODES",
+    "Ack",
+    "ClientError",
+    "ClientSettings",
+    "ConnectionLost",
+    "DeviceClient",
+    "Message",
+    "NackError",
+    "SeenIds",
+    "SessionEnded",
+    "open_device_client",
+]

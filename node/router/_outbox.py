@@ -1,0 +1,102 @@
+"""A session's bounded outbox: frames waiting for the session's one writer task.
+
+A plain list of `bytes` objects (the very objects the sender's reader received) with message and
+byte limits. Producers never wait: `offer` says no when a data frame does not fit, and the caller
+decides (queue it durably, drop and count it). Frames the node produces itself (ACK, NACK, EVENT,
+REGISTERED ...) may use `control_slack` more room, so a reply is not lost to a full outbox of data;
+past that the session is not reading at all and is closed by its owner.
+
+The writer waits in `take()` with `wait_task_rescheduled` and is woken by a direct `reschedule`:
+cheaper than a memory channel per message (one list append, no channel hop), and the writer gets
+everything queued since its last write in one batch, which becomes one `sendmsg`.
+"""
+
+from __future__ import annotations
+
+import trio
+
+
+class Outbox:
+    """Frames for one session, with limits; exactly one task may `take`."""
+
+    __slots__ = (
+        "_waiter",
+        "_woken",
+        "bytes",
+        "closed",
+        "control_slack",
+        "frames",
+        "max_bytes",
+        "max_messages",
+    )
+
+    def __init__(self, max_messages: int, max_bytes: int, *, control_slack: int = 256) -> None:
+        self.frames: list[bytes] = []
+        self.bytes = 0
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.control_slack = control_slack
+        self.closed = False
+        self._waiter: trio.lowlevel.Task | None = None
+        self._woken = False
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def room(self) -> tuple[int, int]:
+        """(messages, bytes) that still fit under the data limits."""
+        return max(0, self.max_messages - len(self.frames)), max(0, self.max_bytes - self.bytes)
+
+    def offer(self, frame: bytes) -> bool:
+        """Queue a data frame if it fits under the limits; never waits."""
+        if self.closed or len(self.frames) >= self.max_messages or self.bytes + len(frame) > self.max_bytes:
+            return False
+        self.frames.append(frame)
+        self.bytes += len(frame)
+        if self._waiter is not None:
+            self._wake()
+        return True
+
+    def put_control(self, frame: bytes) -> bool:
+        """Queue a frame the node produced; False when even the slack is used up (a stuck reader)."""
+        if self.closed or len(self.frames) >= self.max_messages + self.control_slack:
+            return False
+        self.frames.append(frame)
+        self.bytes += len(frame)
+        if self._waiter is not None:
+            self._wake()
+        return True
+
+    def wake(self) -> None:
+        """Make the writer's `take` return even without frames (it has other work, e.g. a drain)."""
+        self._woken = True
+        if self._waiter is not None:
+            self._wake()
+
+    def close(self) -> None:
+        """Refuse further frames and wake the writer so it can finish."""
+        self.closed = True
+        self.wake()
+
+    async def take(self) -> list[bytes]:
+        """Wait until frames are queued (or `wake`/`close` was called); return them all."""
+        if not self.frames and not self._woken:
+            self._waiter = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(self._abort)
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        self._woken = False
+        frames = self.frames
+        if frames:
+            self.frames = []
+            self.bytes = 0
+        return frames
+
+    def _wake(self) -> None:
+        task, self._waiter = self._waiter, None
+        assert task is not None
+        trio.lowlevel.reschedule(task)
+
+    def _abort(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        self._waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
