@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from node.config import ConfigWatcher, Settings
 from node.errors import StoreError
 from node.logs import Logs, event, logger
 from node.registry import Registry
+from node.relay.service import RelayService
 from node.storage import Storage, open_storage
 from node.tokens import AuditLog, TokenService, bootstrap_admin
 from store import meta
@@ -185,6 +187,9 @@ async def _run_services(
         handle.addresses["api"] = await nursery.start(
             _until_done, api_done, serve_api, api, host, settings.api.port, shutdown
         )
+        drained = [api_done]
+        if settings.relay.enabled:
+            drained.append(await _start_relay(nursery, handle, settings, clock, shutdown))
         if watcher:
             nursery.start_soon(watcher.run, settings.server.config_poll_interval_s, name="config-watch")
         if handle_signals:
@@ -197,8 +202,31 @@ async def _run_services(
         api.state = "stopping"
         shutdown.set()
         with trio.move_on_after(settings.server.shutdown_grace_s):
-            await api_done.wait()
+            for done in drained:
+                await done.wait()
         nursery.cancel_scope.cancel()
+
+
+async def _start_relay(
+    nursery: trio.Nursery, handle: NodeHandle, settings: Settings, clock: WallClock, shutdown: trio.Event
+) -> trio.Event:
+    """Start the WebSocket relay; announce it, publish its statistics, apply its live settings."""
+    relay = RelayService(
+        settings.relay,
+        storage=handle.storage,
+        registry=handle.registry,
+        tokens=handle.tokens,
+        clock=clock,
+        node_name=settings.server.node_name,
+    )
+    done = trio.Event()
+    host = settings.host_for(settings.relay.host)
+    serve = partial(relay.serve, shutdown=shutdown)
+    handle.addresses["relay"] = await nursery.start(_until_done, done, serve, host, settings.relay.port)
+    handle.api.stats_providers["relay"] = relay.statistics
+    handle.extra["relay"] = relay
+    handle.extra.setdefault("reload_hooks", []).append(lambda new: relay.apply_settings(new.relay))
+    return done
 
 
 async def _until_done(

@@ -14,6 +14,7 @@ from node.config._model import (
     ServerSettings,
     StoreSettings,
 )
+from node.relay.settings import RelaySettings
 
 
 class Settings(Section):
@@ -24,6 +25,7 @@ class Settings(Section):
     api: ApiSettings = Field(default_factory=ApiSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    relay: RelaySettings = Field(default_factory=RelaySettings)
 
     def store_path(self) -> Path:
         """The database file this node uses."""
