@@ -98,6 +98,9 @@ def parse(output: str) -> list[dict[str, Any]]:
                 record[key.replace(".", "")] = float(fields[key].rstrip("us"))
             cpu = fields.get("srv_cpu", "-").rstrip("s")
             record["srv_cpu_s"] = float(cpu) if cpu not in ("", "-") else None
+            if record["srv_cpu_s"] is not None and mode != "direct-udp":
+                relayed = 2 * (record["n"] + 500) * (2 if mode == "turn-c2c" else 1)  # incl. warm-up
+                record["cpu_s_per_100k"] = record["srv_cpu_s"] * 100_000 / relayed
             records.append(record)
         elif line.startswith("flood"):
             cols = line.split()
@@ -109,6 +112,18 @@ def parse(output: str) -> list[dict[str, Any]]:
                 record["cpu_s_per_100k"] = record["srv_cpu_s"] * 100_000 / (sent + recv)
             records.append(record)
     return records
+
+
+def _brief(records: list[dict[str, Any]]) -> str:
+    parts = []
+    for r in records:
+        if r["scenario"] == "pp-turn-peer":
+            parts.append(f"pp{r['size']} p50={r['p50']:.0f} p99={r['p99']:.0f}us")
+        elif r["scenario"] == "flood":
+            parts.append(
+                f"flood loss={r['loss_pct']:.2f}% cpu/100k={r.get('cpu_s_per_100k', float('nan')):.2f}s"
+            )
+    return ", ".join(parts)
 
 
 def median(values: list[float]) -> float:
@@ -143,6 +158,11 @@ def summarize(rows: list[dict[str, Any]]) -> list[str]:
     a, c = pick("asgard", "flood", None, "cpu_s_per_100k"), pick("coturn", "flood", None, "cpu_s_per_100k")
     verdict = f"<= {TARGETS['cpu']}x " + ("ok" if a / c <= TARGETS["cpu"] else "MISSED")
     lines.append(f"{'flood CPU s / 100k relayed dgrams':<34}{a:>12.2f}{c:>12.2f}{a / c:>9.2f}  {verdict}")
+    a, c = (
+        pick("asgard", "pp-turn-peer", 64, "cpu_s_per_100k"),
+        pick("coturn", "pp-turn-peer", 64, "cpu_s_per_100k"),
+    )
+    lines.append(f"{'pp 64 B CPU s / 100k relayed dgrams':<34}{a:>12.2f}{c:>12.2f}{a / c:>9.2f}")
     a, c = pick("asgard", "flood", None, "loss_pct"), pick("coturn", "flood", None, "loss_pct")
     lines.append(
         f"{'flood 10 sessions loss %':<34}{a:>12.3f}{c:>12.3f}{'':>9}  0 " + ("ok" if a == 0 else "MISSED")
@@ -153,7 +173,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.turn", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--anchors", type=Path, default=REPO.parent / "shared" / "anchors")
     parser.add_argument("--total", type=int, default=100_000, help="flood messages (split over 10 sessions)")
     args = parser.parse_args(argv)
@@ -174,12 +194,15 @@ def main(argv: list[str] | None = None) -> int:
                 if not records:
                     print(output, file=sys.stderr)
                     raise RuntimeError(f"no results from the {server} run")
+                load = Path("/proc/loadavg").read_text().split()[0]
                 for record in records:
-                    record.update(server=server, round=round_no, at=time.time())
+                    record.update(server=server, round=round_no, at=time.time(), loadavg=float(load))
                     out.write(json.dumps(record) + "\n")
                     rows.append(record)
-                print(f"round {round_no} {server}: {len(records)} results", flush=True)
+                print(f"round {round_no} {server}: {_brief(records)} (load {load})", flush=True)
     print()
+    print("medians over the rounds; CPU per relayed datagram: flood = srv CPU / (sent + received),")
+    print("pp = srv CPU / (2 x round trips incl. 500 warm-up); ratio = asgard / coturn")
     print("\n".join(summarize(rows)))
     print(f"\nJSON lines: {out_path}")
     return 0

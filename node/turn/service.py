@@ -62,8 +62,8 @@ _RECV_BYTES = 65_536
 _COLD_FIELDS = (
     "enabled", "host", "extra_hosts", "port", "udp", "tcp", "realm", "relay_ipv4", "relay_ipv6",
     "external_ipv4", "external_ipv6", "public_host", "relay_port_min", "relay_port_max",
-    "udp_buffer_bytes", "relay_thread", "rfc5766_channels", "tcp_max_connections", "tcp_idle_timeout_s",
-    "tcp_write_timeout_s", "tcp_send_queue_frames", "max_stream_frame_bytes",
+    "udp_buffer_bytes", "relay_buffer_bytes", "relay_thread", "rfc5766_channels", "tcp_max_connections",
+    "tcp_idle_timeout_s", "tcp_write_timeout_s", "tcp_send_queue_frames", "max_stream_frame_bytes",
 )  # fmt: skip
 
 
@@ -351,7 +351,7 @@ class TurnService:
             try:
                 bound = bind_in_range(
                     AF_OF_FAMILY[AddressFamily(family)], hosts[0], s.relay_port_min, s.relay_port_max,
-                    s.udp_buffer_bytes, even=pending.even_port and index == 0,
+                    s.relay_buffer_bytes, even=pending.even_port and index == 0,
                     reserve_next=pending.reserve_next and index == 0,
                 )  # fmt: skip
             except OSError as exc:

@@ -143,7 +143,12 @@ class TurnSettings(Section):
         "in Trio); off: every socket is served by Trio tasks (lower throughput, higher latency).",
     )
     udp_buffer_bytes: int = Field(
-        4 << 20, ge=64 << 10, le=256 << 20, description="SO_RCVBUF/SO_SNDBUF of every UDP socket."
+        16 << 20, ge=64 << 10, le=256 << 20,
+        description="SO_RCVBUF/SO_SNDBUF of the client-facing UDP sockets: headroom for bursts. "
+        "Above net.core.rmem_max only with CAP_NET_ADMIN (else capped there).",
+    )  # fmt: skip
+    relay_buffer_bytes: int = Field(
+        2 << 20, ge=64 << 10, le=256 << 20, description="SO_RCVBUF/SO_SNDBUF of each relay socket."
     )
     tcp_max_connections: int = Field(1024, ge=1, le=1_000_000, description="Concurrent TCP clients.")
     tcp_idle_timeout_s: float = Field(

@@ -57,6 +57,7 @@ def base_settings(**overrides: Any) -> TurnSettings:
         "rest_secrets": [REST_SECRET],
         "allow_loopback_peers": True,
         "udp_buffer_bytes": 1 << 20,
+        "relay_buffer_bytes": 256 << 10,
     }
     values.update(overrides)
     return TurnSettings(**values)
