@@ -16,9 +16,10 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from node.config._model import LoggingSettings
+if TYPE_CHECKING:
+    from node.config import LoggingSettings
 
 ROOT = "asgard"
 LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
