@@ -1,0 +1,1 @@
+"""Load generators and head-to-head benchmarks (not part of the test run)."""
