@@ -119,6 +119,7 @@ class GatewayClient:
         self.request_timeout_s = request_timeout_s
         self._idle: list[_Conn] = []
         self._max_idle = max_idle
+        self._closed = False
         self.requests = 0
         self.failures = 0
 
@@ -161,7 +162,7 @@ class GatewayClient:
         return _decode(answer)
 
     def _keep(self, conn: _Conn) -> None:
-        if conn.reusable() and len(self._idle) < self._max_idle:
+        if not self._closed and conn.reusable() and len(self._idle) < self._max_idle:
             self._idle.append(conn)
         else:
             conn.stream.socket.close()
@@ -171,27 +172,28 @@ class GatewayClient:
             conn.stream.socket.close()
 
     @asynccontextmanager
-    async def stream(self, path: str, doc: dict[str, Any]) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+    async def stream(self, path: str, doc: dict[str, Any]) -> AsyncIterator[JsonLines]:
         """Open a streaming POST on its own connection; yield an iterator of JSON lines."""
         body = json.dumps(doc, separators=(",", ":")).encode()
+        conn = await self._connect()
         try:
-            with trio.fail_after(self.request_timeout_s):
-                conn = await self._connect()
-                await conn.send(path, body)
-                event = await conn.next_event()
-        except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
-            raise Unavailable(f"etcd stream {path} failed: {exc!r}") from exc
-        try:
+            try:
+                with trio.fail_after(self.request_timeout_s):
+                    await conn.send(path, body)
+                    event = await conn.next_event()
+            except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+                raise Unavailable(f"etcd stream {path} failed: {exc!r}") from exc
             if not isinstance(event, h11.Response):
                 raise Unavailable("etcd: gateway closed the stream")
             if event.status_code != 200:
                 _, answer = await _drain(conn)
                 raise gateway_error(event.status_code, answer)
-            yield _lines(conn)
+            yield JsonLines(conn)
         finally:
             conn.stream.socket.close()
 
     async def aclose(self) -> None:
+        self._closed = True  # a request still in flight (a shielded revoke) closes its own
         for conn in self._idle:
             conn.stream.socket.close()
         self._idle.clear()
@@ -207,22 +209,35 @@ async def _drain(conn: _Conn) -> tuple[int, bytes]:
     return 0, bytes(body)
 
 
-async def _lines(conn: _Conn) -> AsyncIterator[dict[str, Any]]:
-    buffer = bytearray()
-    while True:
-        try:
-            event = await conn.next_event()
-        except (OSError, trio.BrokenResourceError) as exc:
-            raise Unavailable(f"etcd stream broke: {exc!r}") from exc
-        if not isinstance(event, h11.Data):
-            raise Unavailable("etcd: stream ended")
-        buffer += event.data
-        while (cut := buffer.find(b"\n")) >= 0:
-            line, buffer = bytes(buffer[:cut]), buffer[cut + 1 :]
-            if line.strip():
-                yield _decode(line)
-        if len(buffer) > MAX_LINE_BYTES:
-            raise Unavailable("etcd: stream line too long")
+class JsonLines:
+    """Newline-delimited JSON objects from a streaming answer (an iterator class, so nothing is
+    left to finalize when the reader stops early)."""
+
+    def __init__(self, conn: _Conn) -> None:
+        self._conn = conn
+        self._buffer = bytearray()
+
+    def __aiter__(self) -> JsonLines:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        while True:
+            cut = self._buffer.find(b"\n")
+            if cut >= 0:
+                line = bytes(self._buffer[:cut])
+                del self._buffer[: cut + 1]
+                if line.strip():
+                    return _decode(line)
+                continue
+            if len(self._buffer) > MAX_LINE_BYTES:
+                raise Unavailable("etcd: stream line too long")
+            try:
+                event = await self._conn.next_event()
+            except (OSError, trio.BrokenResourceError) as exc:
+                raise Unavailable(f"etcd stream broke: {exc!r}") from exc
+            if not isinstance(event, h11.Data):
+                raise Unavailable("etcd: stream ended")
+            self._buffer += event.data
 
 
 def _decode(raw: bytes) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 import trio
 
 from node.errors import NodeError, NotFound, Unavailable
-from node.locks._http import GatewayClient
+from node.locks._http import GatewayClient, JsonLines
 
 
 def _b64(raw: bytes) -> str:
@@ -124,9 +124,7 @@ class EtcdClient:
         return bool(doc.get("succeeded")), _revision(doc), kvs
 
     @asynccontextmanager
-    async def watch(
-        self, prefix: bytes, start_revision: int
-    ) -> AsyncIterator[AsyncIterator[list[WatchEvent]]]:
+    async def watch(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchStream]:
         """Watch every key under `prefix` from `start_revision`; yields batches of events.
 
         The iterator raises Unavailable when the stream breaks or etcd cancels the watch
@@ -134,7 +132,7 @@ class EtcdClient:
         """
         create = {"create_request": {**_range_doc(prefix), "start_revision": str(start_revision)}}
         async with self.gateway.stream("/v3/watch", create) as lines:
-            yield _watch_events(lines)
+            yield WatchStream(lines)
 
 
 def _range_doc(prefix: bytes) -> dict[str, Any]:
@@ -146,17 +144,27 @@ def _range_doc(prefix: bytes) -> dict[str, Any]:
     }
 
 
-async def _watch_events(lines: AsyncIterator[dict[str, Any]]) -> AsyncIterator[list[WatchEvent]]:
-    async for line in lines:
-        result = line.get("result", {})
-        if line.get("error") or result.get("canceled") or result.get("compact_revision"):
-            raise Unavailable("etcd watch cancelled", compact_revision=result.get("compact_revision"))
-        events = [
-            WatchEvent(event.get("type") == "DELETE", _kv(event.get("kv", {})))
-            for event in result.get("events", [])
-        ]
-        if events:
-            yield events
+class WatchStream:
+    """Batches of watch events (an iterator class: stopping early leaves nothing to finalize)."""
+
+    def __init__(self, lines: JsonLines) -> None:
+        self._lines = lines
+
+    def __aiter__(self) -> WatchStream:
+        return self
+
+    async def __anext__(self) -> list[WatchEvent]:
+        while True:
+            line = await self._lines.__anext__()
+            result = line.get("result", {})
+            if line.get("error") or result.get("canceled") or result.get("compact_revision"):
+                raise Unavailable("etcd watch cancelled", compact_revision=result.get("compact_revision"))
+            events = [
+                WatchEvent(event.get("type") == "DELETE", _kv(event.get("kv", {})))
+                for event in result.get("events", [])
+            ]
+            if events:
+                return events
 
 
 @asynccontextmanager
@@ -280,9 +288,7 @@ async def wait_turn(
         start = revision + 1
 
 
-async def _follow(
-    stream: AsyncIterator[list[WatchEvent]], own: bytes, blockers: set[bytes], start: int
-) -> int:
+async def _follow(stream: WatchStream, own: bytes, blockers: set[bytes], start: int) -> int:
     """Drop deleted keys from `blockers` until it is empty; the next revision to watch from."""
     async for events in stream:
         for event in events:
@@ -321,7 +327,10 @@ class Election:
         return kvs[0] if kvs else None
 
     async def observe(self) -> AsyncIterator[KeyValue | None]:
-        """Yield the leader now and after every change (None while nobody leads)."""
+        """Yield the leader now and after every change (None while nobody leads).
+
+        An async generator: iterate it inside `contextlib.aclosing(...)` if you may stop early.
+        """
         last: tuple[bytes, int] | None = (b"", -1)
         while True:
             revision, kvs = await self.client.range_prefix(self.prefix)

@@ -92,13 +92,15 @@ class EtcdProcess:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             assert self.proc is not None and self.proc.poll() is None, "etcd exited"
+            conn = http.client.HTTPConnection("127.0.0.1", self.client_port, timeout=1)
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.client_port, timeout=1)
                 conn.request("GET", "/health")
                 if b'"true"' in conn.getresponse().read():
                     return
             except OSError:
                 pass
+            finally:
+                conn.close()
             time.sleep(0.05)
         raise RuntimeError("etcd did not become healthy")
 
