@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import weakref
 from typing import Any, Protocol
@@ -38,6 +39,7 @@ SERVICE_NAMES = (
     _health.SERVICE,
 )
 _CLOSE_TIMEOUT_S = 2.0
+_BACKLOG = 128
 
 
 class _Service(Protocol):
@@ -149,7 +151,12 @@ class RpcServer:
         island.call_soon(self._gate.apply_settings, self._settings)  # bounds of a shared island
         methods = self._methods()
         context = self._ssl_context()
-        self.address = await island.run(self._start, methods, context)
+        sock = await self._listen()
+        try:
+            self.address = await island.run(self._start, methods, context, sock)
+        except BaseException:
+            sock.close()
+            raise
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, "serving")
         try:
@@ -181,6 +188,25 @@ class RpcServer:
             methods += reflection_methods(list(SERVICE_NAMES))
         return methods
 
+    async def _listen(self) -> socket.socket:
+        # Bound here, not by uvloop's create_server(host, port): that resolves the host on
+        # libuv's thread pool, whose four threads then live as long as the process.
+        host = self._settings.host or "0.0.0.0"  # noqa: S104 - the lead resolves server.host
+        infos = await trio.socket.getaddrinfo(
+            host, self._settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(_BACKLOG)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
     def _ssl_context(self) -> ssl.SSLContext | None:
         settings = self._settings
         if settings.tls_cert_path is None or settings.tls_key_path is None:
@@ -195,12 +221,13 @@ class RpcServer:
         return context
 
     # Island side ---------------------------------------------------------------------------
-    async def _start(self, methods: list[Method], context: ssl.SSLContext | None) -> tuple[str, int]:
+    async def _start(
+        self, methods: list[Method], context: ssl.SSLContext | None, sock: socket.socket
+    ) -> tuple[str, int]:
         assert self._gate is not None
         gate = self._gate
         server = _Server([_Mapping({m.name: gate.handler(m) for m in methods})])
-        host = self._settings.host or "0.0.0.0"  # noqa: S104 - the lead resolves server.host
-        await server.start(host, self._settings.port, ssl=context, reuse_address=True)
+        await server.start(sock=sock, ssl=context, backlog=_BACKLOG)
         self._server = server
         self.health.attach(asyncio.get_running_loop())
         return server.bound_address()
