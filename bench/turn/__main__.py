@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import socket
 import statistics
@@ -55,7 +54,9 @@ def start_asgard(port: int) -> subprocess.Popen[bytes]:
         "--rest-secret", "s3cr3t-rest", "--allow-loopback-peers",
         "--set", "max_allocations_per_user=100000", "--set", "max_allocations_total=100000",
     ]  # fmt: skip
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, start_new_session=True)
+    # Same session as the baseline script (no setsid): with autogroup scheduling a new session is
+    # a scheduling group of its own, which would treat the two servers differently.
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE)
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
     if not line.startswith("listening"):
@@ -65,12 +66,13 @@ def start_asgard(port: int) -> subprocess.Popen[bytes]:
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the server (one process, no children) by its pid."""
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
             proc.wait(timeout=10)
 
 

@@ -35,6 +35,7 @@ from wire.stun import AddressFamily, StunDecodeError, decode_message_untrusted
 log = logging.getLogger("asgard.turn")
 _RECV_BYTES = 65_536
 _DRAIN = 32
+MAX_CONTROL_BACKLOG = 4096  # STUN messages handed to Trio and not processed yet; more are dropped
 _SEND_INDICATION = (0x00, 0x16)  # Send indication message type (RFC 8656 §10)
 _CHANNEL_HEADER = struct.Struct("!HH")
 
@@ -56,6 +57,8 @@ class RelayEngine:
         self._closing: deque[socket.socket] = deque()
         self._owned: dict[int, socket.socket] = {}
         self._control: list[Control] = []
+        self._posted = 0  # written by the engine thread only
+        self.processed = 0  # written by the Trio thread only (`done`)
         self._stopping = False
         self._buf = bytearray(4 + _RECV_BYTES)
         self._view = memoryview(self._buf)
@@ -77,6 +80,10 @@ class RelayEngine:
         self._owned[fd] = relay.sock
         self._handlers[fd] = self._relay_handler(relay, allocation)
         self._epoll.register(fd, select.EPOLLIN)
+
+    def done(self, count: int) -> None:
+        """Trio has processed `count` handed-over STUN messages."""
+        self.processed += count
 
     def remove(self, sock: socket.socket) -> None:
         """Stop serving a relay socket and close it (on the engine thread)."""
@@ -109,6 +116,7 @@ class RelayEngine:
                         log.exception("TURN relay thread: error in a socket handler")
                 if self._control:
                     batch, self._control = self._control, []
+                    self._posted += len(batch)
                     self._post_control(batch)
         finally:
             for sock in self._owned.values():
@@ -187,6 +195,9 @@ class RelayEngine:
 
     def _on_stun(self, data: bytes, listener: Any, addr: Any) -> None:
         if (data[0], data[1]) != _SEND_INDICATION:
+            if self._posted - self.processed + len(self._control) >= MAX_CONTROL_BACKLOG:
+                self.drops["control-overload"] += 1  # Trio is behind: drop like a full socket
+                return
             self._control.append((data, listener, addr))
             return
         try:

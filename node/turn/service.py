@@ -307,6 +307,8 @@ class TurnService:
     def _on_control(self, batch: list[Control]) -> None:
         for data, listener, addr in batch:
             self._on_stun(data, Client(listener, addr, "udp"))
+        if self._engine is not None:
+            self._engine.done(len(batch))
 
     def _on_stun(self, data: bytes, client: Client) -> None:
         try:
