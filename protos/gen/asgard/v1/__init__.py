@@ -1405,7 +1405,7 @@ class RelayMessage(betterproto2.Message):
     One message of a relay connection.
 
     Oneofs:
-        - kind:
+        - kind: What this message carries: exactly one of the three.
     """
 
     open: "RelayOpen | None" = betterproto2.field(
