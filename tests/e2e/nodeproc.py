@@ -90,15 +90,21 @@ async def read_line(stream: trio.abc.ReceiveStream, limit: int = 65536) -> bytes
 
 
 async def start_node_process(
-    nursery: trio.Nursery, env: dict[str, str], cwd: Path, *, name: str = "node", config: Path | None = None
+    nursery: trio.Nursery,
+    env: dict[str, str],
+    cwd: Path,
+    *,
+    name: str = "node",
+    config: Path | None = None,
+    args: tuple[str, ...] = (),
 ) -> NodeProcess:
-    """Start `asgard [--config PATH] serve` and wait for its JSON line; raises with its stderr if it
-    does not come."""
+    """Start `asgard [--config PATH] serve [ARGS]` and wait for its JSON line; raises with its stderr
+    if it does not come."""
     options = ["--config", str(config)] if config else []
     stderr_path = cwd / f"{name}.stderr"
     with stderr_path.open("ab") as stderr:
         process = await trio.lowlevel.open_process(
-            [*asgard_command(), *options, "serve"],
+            [*asgard_command(), *options, "serve", *args],
             env=env,
             cwd=cwd,
             stdin=subprocess.DEVNULL,

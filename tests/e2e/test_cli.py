@@ -4,8 +4,10 @@ every subcommand, and a graceful exit on SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from node.cli import main
 from node.config import load_settings
 from store import latest_version, migrate, open_db, schema_version
 from tests.e2e.conftest import Spawn
-from tests.e2e.nodeproc import GRACE_S, CliResult, run_cli
+from tests.e2e.nodeproc import GRACE_S, CliResult, run_cli, start_node_process
 
 SUBCOMMANDS = [
     [],
@@ -186,3 +188,32 @@ async def test_sigterm_drains_and_exits_0_within_the_grace_period(spawn: Spawn, 
     assert code == 0, node.stderr()
     assert took < GRACE_S + 3, f"exit took {took:.1f} s with a grace period of {GRACE_S} s"
     assert "node stopping" in node.stderr()
+
+
+@pytest.mark.slow
+async def test_serve_ephemeral_announces_itself_and_leaves_no_store(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    ephemeral_env = {k: v for k, v in env.items() if not k.startswith("ASGARD_")} | {"TMPDIR": str(scratch)}
+    async with trio.open_nursery() as nursery:
+        node = await start_node_process(
+            nursery, ephemeral_env, tmp_path, name="ephemeral", args=("--ephemeral",)
+        )
+        try:
+            line = node.announcement
+            assert line["pid"] == node.pid
+            assert re.fullmatch(r"http://127\.0\.0\.1:\d+", line["api"])
+            assert re.fullmatch(r"asg_[0-9A-Za-z]{49}", line["admin_token"])
+            assert str(uuid.UUID(line["node_id"])) == line["node_id"]
+            [store] = scratch.glob("asgard-ephemeral-*/asgard.db")
+            headers = {"Authorization": f"Bearer {line['admin_token']}"}
+            async with httpx.AsyncClient(base_url=line["api"], headers=headers) as client:
+                assert (await client.get("/api/v1/devices")).status_code == 200
+            node.signal(signal.SIGTERM)
+            assert await node.wait(GRACE_S + 10) == 0, node.stderr()
+        finally:
+            node.kill_group()
+    assert f"shown only now: {line['admin_token']}" in node.stderr()
+    assert not store.parent.exists(), "the temporary store outlived the node"
