@@ -38,6 +38,7 @@ class JournalWriter:
         self._pending: dict[tuple[str, str, int], JournalRecord] = {}
         self._batch = Batch()
         self._wakeup = trio.Event()
+        self._in_flight: Batch | None = None
         self.commits = 0
         self.failures = 0
 
@@ -66,6 +67,7 @@ class JournalWriter:
             self._wakeup = trio.Event()
             batch, records = self._batch, self._pending
             self._batch, self._pending = Batch(), {}
+            self._in_flight = batch
             try:
                 with trio.fail_after(self._timeout_s):
                     await self._journal.commit(list(records.values()))
@@ -84,6 +86,13 @@ class JournalWriter:
         merged.update(self._pending)  # newer records for the same key win
         self._pending = merged
         self._wakeup.set()
+
+    def close(self) -> None:
+        """The writer is gone: every batch not committed fails (nobody may wait forever)."""
+        for batch in (self._in_flight, self._batch):
+            if batch is not None and not batch.done.is_set():
+                batch.error = Unavailable("the lock journal stopped")
+                batch.done.set()
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed (raises if that commit fails)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 import math
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 
 import trio
@@ -110,7 +110,7 @@ class LockService:
         req = self._request(resource, owner, session, mode, lease_s, priority, wait_s)
         if self._cluster is not None and self._settings.is_cluster_resource(resource):
             return await self._cluster.acquire(req, self._state.new_request_id(), on_queued)
-        rid, events = self._state.acquire(req, trio.current_time())
+        rid, events = self._state.acquire(req, self._now())
         slot = self._slots[rid] = _Slot(on_queued)
         try:
             self._apply(events)
@@ -132,7 +132,7 @@ class LockService:
         if self._cluster is not None and self._settings.is_cluster_resource(resource):
             await self._cluster.release(resource, token, owner)
             return
-        batch = self._apply(self._state.release(resource, token, owner, trio.current_time()))
+        batch = self._apply(self._state.release(resource, token, owner, self._now()))
         if self._settings.durable_grants and batch is not None:
             await batch.wait()
 
@@ -142,8 +142,7 @@ class LockService:
         lease_s = self._lease_s(lease_s)
         if self._cluster is not None and self._settings.is_cluster_resource(resource):
             return self._cluster.refresh(resource, token, owner, lease_s)
-        now = trio.current_time()
-        lease, events = self._state.refresh(resource, token, owner, lease_s, now)
+        lease, events = self._state.refresh(resource, token, owner, lease_s, self._now())
         batch = self._apply(events)
         if self._settings.durable_grants and batch is not None:
             await batch.wait()
@@ -154,12 +153,14 @@ class LockService:
         self._check_open()
         if self._cluster is not None and self._settings.is_cluster_resource(resource):
             return await self._cluster.force_release(resource, token)
-        events = self._state.force_release(resource, token, trio.current_time())
+        events = self._state.force_release(resource, token, self._now())
         self._apply(events)
         return [e.lease for e in events if isinstance(e, ENDED_EVENTS)]
 
     def end_session(self, session: str) -> None:
         """A client session ended: refuse its waits now, release its locks after the grace."""
+        if self._closed:
+            return
         now = trio.current_time()
         self._apply(self._state.end_session(session, now))
         if self._cluster is not None:
@@ -167,6 +168,8 @@ class LockService:
 
     def resume_session(self, session: str) -> None:
         """The session came back within its grace period: it keeps its locks."""
+        if self._closed:
+            return
         self._apply(self._state.resume_session(session, trio.current_time()))
         if self._cluster is not None:
             self._cluster.resume_session(session)
@@ -230,6 +233,12 @@ class LockService:
 
     # -- requests and delivery ----------------------------------------------------------------
 
+    def _now(self) -> float:
+        """Apply due timers first: a state call that raises must not swallow their events."""
+        now = trio.current_time()
+        self._apply(self._state.tick(now))
+        return now
+
     def _check_open(self) -> None:
         if self._closed:
             raise Unavailable("the lock service is stopping")
@@ -272,8 +281,10 @@ class LockService:
             ):
                 await batch.wait()
         except BaseException:
-            self._apply(self._state.abandon(lease.resource, lease.token, trio.current_time()))
+            if not self._closed:
+                self._apply(self._state.abandon(lease.resource, lease.token, trio.current_time()))
             raise
+        self._check_open()
         current = self._state.holding(lease.resource, lease.token)
         if current is None or current.expires_at <= trio.current_time():
             # Never tell a caller it holds a lock it has lost (expired, preempted) meanwhile.
@@ -313,6 +324,8 @@ class LockService:
     def _apply(self, events: builtins.list[LockEvent]) -> Batch | None:
         """Route the state's events: journal, waiting acquires, hook, watchers, timer."""
         batch = None
+        if self._closed:
+            return None  # a stopped (or crashed) node announces nothing
         for event in events:
             batch = self._journal(event) or batch
             if isinstance(event, LockGranted | LockRefused):
@@ -390,6 +403,7 @@ class LockService:
 
     def _close(self) -> None:
         self._closed = True
+        self._writer.close()
         for slot in self._slots.values():
             if not slot.done.is_set():
                 slot.error = Unavailable("the lock service stopped")
@@ -434,10 +448,10 @@ async def open_lock_service(
                 service._cluster = ClusterLocks(client, settings, service.publish)
                 await nursery.start(service._cluster.run)
             yield service
-            service._close()
-            with trio.move_on_after(settings.journal_timeout_s) as scope:
+            with trio.move_on_after(settings.journal_timeout_s) as scope, suppress(NodeError):
                 scope.shield = True
-                await writer.flush()
+                await writer.flush()  # graceful stop: what was granted is on disk
+            service._close()
             nursery.cancel_scope.cancel()
     finally:
         service._close()

@@ -30,6 +30,12 @@ queue part is the transitive reduction: an exclusive waiter waits for the waiter
 waiters, right before it; a shared waiter for the nearest exclusive waiter ahead). Edges follow
 every change; a cycle is found when the edge that closes it is added, and broken at once by
 `_deadlock.resolve` under the configured policy. Invariant after every call: the graph is acyclic.
+Holders whose session has ended are left out: they wait for nothing and go when the grace period
+ends, so they cannot be on a cycle (and a reconnected owner waiting for them is no self-wait).
+
+Errors: a call that raises (NotFound, PermissionDenied, InvalidInput, ResourceExhausted) changes
+nothing, but the timers it applied on entry are applied; their events would be lost with the
+exception, so callers `tick(now)` first (LockService does).
 
 Determinism: no randomness, no wall clock, no set iteration; same calls in, same events out.
 """
@@ -76,6 +82,7 @@ class Waiter:
     deadline: float
     effective: int
     next_aging: float = math.inf
+    aged_steps: int = 0
     holder_blockers: tuple[str, ...] = ()
     queue_blockers: tuple[str, ...] = ()
 
@@ -231,6 +238,7 @@ class LockState:
             self._refuse(self.waiters[wid], RefusalReason.SESSION_ENDED, events)
         deadline = now + self.settings.session_grace_s
         self._ending[session] = deadline
+        self._mark_session(session)
         heapq.heappush(self._grace_heap, (deadline, session))
         self._advance(now, events)
         self._settle(now, events)
@@ -240,7 +248,8 @@ class LockState:
         """The session came back within its grace period: keep its holds."""
         events: list[LockEvent] = []
         self._advance(now, events)
-        self._ending.pop(session, None)
+        if self._ending.pop(session, None) is not None:
+            self._mark_session(session)
         self._settle(now, events)
         return events
 
@@ -381,6 +390,10 @@ class LockState:
 
     # -- wait-for edges and settling ------------------------------------------------------
 
+    def _mark_session(self, session: str) -> None:
+        for name, _ in self._session_holds.get(session, ()):
+            self._dirty[name] = None
+
     def _mark(self, res: Resource) -> None:
         self._dirty[res.name] = None
 
@@ -415,8 +428,14 @@ class LockState:
         nearest_exclusive: str | None = None
         for index, waiter in enumerate(res.queue):
             mode, owner = waiter.req.mode, waiter.req.owner
+            # A holder whose session has ended waits for nothing and goes at the end of its
+            # grace period: it cannot be on a cycle, and is no self-wait for its reconnected owner.
             holders = tuple(
-                dict.fromkeys(h.owner for h in res.holders.values() if not compatible(h.mode, mode))
+                dict.fromkeys(
+                    h.owner
+                    for h in res.holders.values()
+                    if not compatible(h.mode, mode) and h.session not in self._ending
+                )
             )
             ahead: tuple[str, ...] = ()
             if index and mode is LockMode.EXCLUSIVE:
@@ -463,6 +482,7 @@ class LockState:
             elif _top(self._grace_heap, self._grace_valid) == when:
                 _, session = heapq.heappop(self._grace_heap)
                 del self._ending[session]
+                self._mark_session(session)
                 for name, token in list(self._session_holds.get(session, ())):
                     self._end_hold(self.resources[name], token, events, cause=ReleaseCause.SESSION_ENDED)
             elif _top(self._wait_heap, self._wait_valid) == when:
@@ -470,13 +490,14 @@ class LockState:
                 self._refuse(self.waiters[wid], RefusalReason.TIMEOUT, events)
             else:
                 _, wid = heapq.heappop(self._aging_heap)
-                self._age(self.waiters[wid], now)
+                self._age(self.waiters[wid])
             self._settle(when, events)
 
-    def _age(self, waiter: Waiter, now: float) -> None:
-        step = self.settings.aging_step
-        steps = int((now - waiter.enqueued_at) // self.settings.aging_interval_s)
-        waiter.effective = min(waiter.req.priority + steps * step, self.settings.max_priority)
+    def _age(self, waiter: Waiter) -> None:
+        """One aging step is due (counted in whole steps: no float drift in the schedule)."""
+        waiter.aged_steps += 1
+        raised = waiter.req.priority + waiter.aged_steps * self.settings.aging_step
+        waiter.effective = min(raised, self.settings.max_priority)
         waiter.next_aging = math.inf
         self._schedule_aging(waiter)
         res = self.resources[waiter.req.resource]
@@ -487,8 +508,7 @@ class LockState:
         interval = self.settings.aging_interval_s
         if interval <= 0 or waiter.effective >= self.settings.max_priority:
             return
-        steps = int((waiter.effective - waiter.req.priority) // self.settings.aging_step) + 1
-        waiter.next_aging = waiter.enqueued_at + steps * interval
+        waiter.next_aging = waiter.enqueued_at + (waiter.aged_steps + 1) * interval
         if waiter.next_aging < waiter.deadline:
             heapq.heappush(self._aging_heap, (waiter.next_aging, waiter.id))
 

@@ -308,3 +308,15 @@ def test_same_calls_same_events() -> None:
         return out
 
     assert run() == run()
+
+
+def test_reconnected_owner_waits_for_its_old_session_without_deadlock() -> None:
+    st = make(session_grace_s=5)
+    st.acquire(req("r", "a", session="old", lease_s=100), 0)
+    st.end_session("old", 1)
+    _, ev = st.acquire(req("r", "a", session="new", wait_s=10), 2)
+    assert refused(ev) == []
+    assert granted(st.tick(6)) == [("r", "a", 2)]
+    st.acquire(req("q", "a", session="new"), 7)
+    _, ev = st.acquire(req("q", "a", session="new"), 7)  # a live self-wait still deadlocks
+    assert refused(ev) == [("a", RefusalReason.DEADLOCK)]
