@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from node.turn import PeerPolicy
-from wire.stun import Attr, Attribute, Message, MessageClass, Method, encode_message, encode_xor_address
+from wire.stun import Message, MessageClass, Method, encode_message
 
 from .conftest import TIMEOUT_S, EchoPeer, TurnError, base_settings, start_turn
 
@@ -218,6 +218,3 @@ async def test_dual_stack_peer_needs_matching_relay_family(turn: Any, client_fac
     with pytest.raises(TurnError) as info:
         await client.create_permission(("2606:4700::1111", 9))
     assert info.value.code == 443
-    tid = os.urandom(12)
-    attrs = (Attribute(Attr.XOR_PEER_ADDRESS, encode_xor_address("8.8.8.8", 53, tid)),)
-    assert Message(Method.SEND, MessageClass.INDICATION, tid, attrs)  # well-formed on its own

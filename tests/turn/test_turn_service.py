@@ -29,8 +29,6 @@ from wire.stun import (
 
 from .conftest import TIMEOUT_S, EchoPeer, RunningTurn, TurnError, base_settings, start_turn
 
-pytestmark = pytest.mark.filterwarnings("error")
-
 
 async def binding(client: Any) -> Message:
     tid = os.urandom(12)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import struct
 
 import pytest
@@ -52,6 +53,7 @@ from wire.stun import (
     encode_u32,
     encode_unknown_attributes,
     encode_xor_address,
+    is_stun_header,
     make_nonce,
     message_type,
     nonce_features,
@@ -73,7 +75,7 @@ messages = st.builds(
     st.lists(attributes, max_size=8).map(tuple),
 )
 ipv4 = st.ip_addresses(v=4).map(str)
-ipv6 = st.ip_addresses(v=6).map(lambda a: __import__("socket").inet_ntop(10, a.packed))
+ipv6 = st.ip_addresses(v=6).map(lambda a: socket.inet_ntop(socket.AF_INET6, a.packed))
 hosts = st.one_of(ipv4, ipv6)
 ports = st.integers(0, 0xFFFF)
 
@@ -306,3 +308,11 @@ def test_opaque_string_maps_spaces_and_normalises() -> None:
         opaque_string("a\x07")
     with pytest.raises(ValueError, match="empty"):
         opaque_string("")
+
+
+def test_is_stun_header() -> None:
+    data = encode_message(Message(Method.BINDING, MessageClass.REQUEST, os.urandom(12)))
+    assert is_stun_header(data)
+    assert not is_stun_header(data[:19])
+    assert not is_stun_header(b"\x40" + data[1:])
+    assert not is_stun_header(data[:4] + b"\x00\x00\x00\x00" + data[8:])
