@@ -195,6 +195,11 @@ def get_network(conn: apsw.Connection, network_id: str) -> Network | None:
     return None if row is None else _network(row)
 
 
+def network_exists(conn: apsw.Connection, network_id: str) -> bool:
+    """One key lookup (get_network also counts the members, which is O(members))."""
+    return conn.execute("SELECT 1 FROM networks WHERE network_id = ?", (network_id,)).fetchone() is not None
+
+
 def list_networks(
     conn: apsw.Connection, *, scope: Sequence[str] | None, after: str | None, limit: int
 ) -> list[Network]:

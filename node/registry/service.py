@@ -504,7 +504,7 @@ class Registry:
 def _register(
     conn: apsw.Connection, new: records.Device, move: bool
 ) -> tuple[records.Device, bool, str | None]:
-    if q.get_network(conn, new.network_id) is None:
+    if not q.network_exists(conn, new.network_id):
         raise NotFound(f"network {new.network_id} not found")
     old = q.get_device(conn, new.device_id)
     if old is None:
@@ -534,7 +534,7 @@ def _delete_device(conn: apsw.Connection, device_id: str) -> None:
 
 
 def _create_network(conn: apsw.Connection, net: records.Network) -> None:
-    if q.get_network(conn, net.network_id) is not None:
+    if q.network_exists(conn, net.network_id):
         raise Conflict(f"network {net.network_id} already exists")
     if net.owner_device_id and q.get_device(conn, net.owner_device_id) is None:
         raise NotFound(f"device {net.owner_device_id} not found")
