@@ -5,7 +5,8 @@ Cycle: owners [o0, o1, ..., ok-1] with o_i waiting for o_(i+1) (and the last for
 Priorities used for the decision, with priority inheritance: an owner counts with the highest of
   * its own priority on the cycle (the effective, aged priority of its waiting request for the
     abort policy; the priority its blocking leases were acquired with for the preempt policy), and
-  * the effective priority of every waiter *outside* the cycle that its holdings block.
+  * the effective priority of every waiter *outside* the cycle queued, in a conflicting mode, on a
+    resource it holds.
 Waiters on the cycle are left out of inheritance on purpose: around a cycle everyone blocks
 everyone, so inheriting from them would give every member the cycle's top priority and make the
 choice meaningless.
@@ -54,15 +55,16 @@ def _cycle_waiters(state: LockState, owner: str, target: str) -> list[Waiter]:
 
 
 def _inherited(state: LockState, owner: str, members: set[str]) -> int:
-    """Highest effective priority among outside waiters blocked by `owner`'s holdings (-1: none)."""
-    return max(
-        (
-            w.effective
-            for w in state.waiters.values()
-            if w.req.owner not in members and owner in w.holder_blockers
-        ),
-        default=-1,
-    )
+    """Highest effective priority of outside waiters queued on what `owner` holds (-1: none)."""
+    best = -1
+    for res in state.resources.values():
+        held = [lease for lease in res.holders.values() if lease.owner == owner]
+        for waiter in res.queue:
+            if waiter.req.owner in members:
+                continue
+            if any(not compatible(lease.mode, waiter.req.mode) for lease in held):
+                best = max(best, waiter.effective)
+    return best
 
 
 def _rotated(cycle: list[str], first: str) -> tuple[str, ...]:

@@ -11,12 +11,15 @@ from node.locks.journal import CounterReserved, JournalRecord, LockJournal
 class Batch:
     """The records that go to the journal in one commit; wait on it to know they are durable."""
 
-    def __init__(self) -> None:
+    def __init__(self, urgent: trio.Event | None = None) -> None:
         self.done = trio.Event()
         self.error: NodeError | None = None
+        self._urgent = urgent
 
     async def wait(self) -> None:
-        """Return once committed; raise the commit's error if it failed."""
+        """Return once committed (someone waiting makes the writer commit at once)."""
+        if self._urgent is not None and not self.done.is_set():
+            self._urgent.set()
         await self.done.wait()
         if self.error is not None:
             raise self.error
@@ -31,12 +34,14 @@ def _key(record: JournalRecord) -> tuple[str, str, int]:
 class JournalWriter:
     """Coalesces records per key (latest wins) and commits them in batches from one task."""
 
-    def __init__(self, journal: LockJournal, timeout_s: float, retry_s: float) -> None:
+    def __init__(self, journal: LockJournal, timeout_s: float, retry_s: float, delay_s: float = 0.0) -> None:
         self._journal = journal
         self._timeout_s = timeout_s
         self._retry_s = retry_s
+        self._delay_s = delay_s
         self._pending: dict[tuple[str, str, int], JournalRecord] = {}
-        self._batch = Batch()
+        self._urgent = trio.Event()
+        self._batch = Batch(self._urgent)
         self._wakeup = trio.Event()
         self._in_flight: Batch | None = None
         self.commits = 0
@@ -64,9 +69,13 @@ class JournalWriter:
         task_status.started()
         while True:
             await self._wakeup.wait()
-            self._wakeup = trio.Event()
+            if self._delay_s > 0 and not self._urgent.is_set():
+                # Nobody waits for these records yet: let a few more join the batch.
+                with trio.move_on_after(self._delay_s):
+                    await self._urgent.wait()
+            self._wakeup, self._urgent = trio.Event(), trio.Event()
             batch, records = self._batch, self._pending
-            self._batch, self._pending = Batch(), {}
+            self._batch, self._pending = Batch(self._urgent), {}
             self._in_flight = batch
             try:
                 with trio.fail_after(self._timeout_s):

@@ -163,6 +163,7 @@ class LockService:
             return
         now = trio.current_time()
         self._apply(self._state.end_session(session, now))
+        self._reschedule()  # the grace timer may be all that changed
         if self._cluster is not None:
             self._cluster.end_session(session, now)
 
@@ -324,7 +325,7 @@ class LockService:
     def _apply(self, events: builtins.list[LockEvent]) -> Batch | None:
         """Route the state's events: journal, waiting acquires, hook, watchers, timer."""
         batch = None
-        if self._closed:
+        if self._closed or not events:
             return None  # a stopped (or crashed) node announces nothing
         for event in events:
             batch = self._journal(event) or batch
@@ -335,9 +336,13 @@ class LockService:
                 if slot is not None and slot.on_queued is not None:
                     slot.on_queued(event)
         self.publish(events)
-        if self._timer is not None:
-            self._timer.deadline = self._state.next_deadline()
+        self._reschedule()
         return batch
+
+    def _reschedule(self) -> None:
+        deadline = self._state.next_deadline()
+        if self._timer is not None and self._timer.deadline != deadline:
+            self._timer.deadline = deadline  # (setting it is not free: only when it moved)
 
     def _journal(self, event: LockEvent) -> Batch | None:
         if isinstance(event, LockGranted | LockRefreshed):
@@ -435,7 +440,9 @@ async def open_lock_service(
 
     wall = wall_clock or WallClock()
     state, durable, ended = await load_state(settings, journal, wall)
-    writer = JournalWriter(journal, settings.journal_timeout_s, settings.journal_retry_s)
+    writer = JournalWriter(
+        journal, settings.journal_timeout_s, settings.journal_retry_s, settings.journal_delay_s
+    )
     for record in ended:
         writer.add(record)
     service = LockService(settings, state, writer, durable, wall, event_hook)

@@ -94,6 +94,13 @@ class LockSettings(Section):
         ge=1,
         description="Unwritten journal records above which grants wait for the journal.",
     )
+    journal_delay_s: float = Field(
+        0.005,
+        ge=0,
+        le=1,
+        description="How long unwaited-for journal records may gather before a commit (a grant "
+        "that waits for the journal commits at once).",
+    )
     journal_timeout_s: float = Field(5.0, gt=0, description="Deadline of one journal commit.")
     journal_retry_s: float = Field(1.0, gt=0, description="Pause before retrying a failed journal commit.")
     watch_queue_size: int = Field(

@@ -24,10 +24,11 @@ a session ended, and aging steps. Every public call first applies every timer th
 so the state never acts on stale leases whatever the caller's timer latency. `next_deadline()`
 tells the caller when to call `tick(now)`.
 
-Deadlocks: a wait-for graph between owners (`_waitfor.WaitForGraph`). A waiter waits for the
-owners of the holders it conflicts with and for the conflicting waiters directly ahead of it (the
-queue part is the transitive reduction: an exclusive waiter waits for the waiter, or run of shared
-waiters, right before it; a shared waiter for the nearest exclusive waiter ahead). Edges follow
+Deadlocks: a wait-for graph between owners (`_waitfor.WaitForGraph`), kept as a transitive
+reduction: a waiter at the front of the queue waits for the owners of the holders it conflicts
+with; a waiter behind waits for the conflicting waiters directly ahead of it (an exclusive waiter
+for the waiter, or run of shared waiters, right before it; a shared waiter for the nearest
+exclusive waiter ahead), and always for its own owner's conflicting holding. Edges follow
 every change; a cycle is found when the edge that closes it is added, and broken at once by
 `_deadlock.resolve` under the configured policy. Invariant after every call: the graph is acyclic.
 Holders whose session has ended are left out: they wait for nothing and go when the grace period
@@ -428,27 +429,40 @@ class LockState:
         nearest_exclusive: str | None = None
         for index, waiter in enumerate(res.queue):
             mode, owner = waiter.req.mode, waiter.req.owner
-            # A holder whose session has ended waits for nothing and goes at the end of its
-            # grace period: it cannot be on a cycle, and is no self-wait for its reconnected owner.
-            holders = tuple(
-                dict.fromkeys(
-                    h.owner
-                    for h in res.holders.values()
-                    if not compatible(h.mode, mode) and h.session not in self._ending
-                )
-            )
             ahead: tuple[str, ...] = ()
             if index and mode is LockMode.EXCLUSIVE:
                 ahead = tuple(run) if run else (res.queue[index - 1].req.owner,)
             elif index and nearest_exclusive is not None:
                 ahead = (nearest_exclusive,)
+            front = not ahead
             ahead = tuple(o for o in dict.fromkeys(ahead) if o != owner)
+            holders = self._holder_blockers(res, mode, owner, front=front)
             added.extend(self._set_blockers(waiter, holders, ahead))
             if mode is LockMode.EXCLUSIVE:
                 nearest_exclusive, run = owner, []
             else:
                 run.append(owner)
         return added
+
+    def _holder_blockers(self, res: Resource, mode: LockMode, owner: str, *, front: bool) -> tuple[str, ...]:
+        """Owners of the conflicting holders a waiter waits for directly.
+
+        Only waiters at the front of the queue (nobody conflicting ahead) get edges to other
+        owners' holders; the ones behind reach them through the queue edges, so a hand-over
+        changes a couple of edges instead of one per waiter. A waiter's edge to its own owner's
+        holding is always kept: that is a self-wait, a deadlock wherever it queues. A holder
+        whose session has ended waits for nothing and goes at the end of its grace period: it
+        cannot be on a cycle, and is no self-wait for its reconnected owner.
+        """
+        return tuple(
+            dict.fromkeys(
+                h.owner
+                for h in res.holders.values()
+                if (front or h.owner == owner)
+                and not compatible(h.mode, mode)
+                and h.session not in self._ending
+            )
+        )
 
     def _set_blockers(
         self, waiter: Waiter, holders: tuple[str, ...], ahead: tuple[str, ...]
