@@ -230,6 +230,8 @@ class LockService:
         live = {name: getattr(settings, name) for name in LockSettings.model_fields if name not in restart}
         self._settings = self._settings.model_copy(update=live)
         self._state.apply_settings(self._settings)
+        if self._cluster is not None:
+            self._cluster.settings = self._settings
         return restart
 
     # -- requests and delivery ----------------------------------------------------------------

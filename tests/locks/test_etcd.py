@@ -89,11 +89,16 @@ async def test_shared_holders_coexist_and_exclusive_waits(etcd: EtcdProcess) -> 
             async with trio.open_nursery() as nursery:
                 got: list[int] = []
 
+                queued = trio.Event()
+
                 async def exclusive() -> None:
-                    got.append((await n2.acquire("cluster/s", owner="c", session="c")).token)
+                    lease = await n2.acquire(
+                        "cluster/s", owner="c", session="c", on_queued=lambda _q: queued.set()
+                    )
+                    got.append(lease.token)
 
                 nursery.start_soon(exclusive)
-                await trio.sleep(0.2)
+                await queued.wait()
                 assert got == []
                 await n1.release("cluster/s", s1.token, owner="a")
                 await n2.release("cluster/s", s2.token, owner="b")
