@@ -160,7 +160,10 @@ class DeviceClient:
                 self.sessions += 1
                 if task_status is not None:
                     task_status.started()
-                return await self._serve(ws)
+                try:
+                    return await self._serve(ws)
+                finally:
+                    await _close_transport(ws)
         except trio_websocket.ConnectionClosed as exc:
             closed = exc.reason
             return (closed.code, closed.reason or "") if closed is not None else (None, "")
@@ -370,6 +373,15 @@ class DeviceClient:
         ws = self._ws
         if ws is not None:
             await ws.aclose()
+
+
+async def _close_transport(ws: trio_websocket.WebSocketConnection) -> None:
+    """Close the TCP stream: trio-websocket 0.12.2 leaves it open (a ResourceWarning later) when
+    the server initiated the close and its reader task is cancelled before it sees the EOF."""
+    stream = getattr(ws, "_stream", None)
+    if stream is not None:
+        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.aclose()
 
 
 def _decode(raw: bytes | str) -> FrameView:

@@ -6,9 +6,8 @@ it imports node.config itself.
 
 from typing import TYPE_CHECKING, Any
 
+import node.config  # noqa: F401 - initialise the config package first (it embeds RelaySettings): see _shim
 from node.relay._shim import bind_config_names
-
-import node.config  # noqa: I001 - the config package first (it embeds RelaySettings): see _shim
 
 bind_config_names()
 

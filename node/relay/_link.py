@@ -80,7 +80,7 @@ class DeviceLink:
         self.close_code: int | None = None
         self.close_reason = ""
         self.nursery: trio.Nursery | None = None  # for handlers that must wait (lock operations)
-        self._scope = trio.CancelScope()
+        self._reader_scope = trio.CancelScope()
 
     # ------------------------------------------------------------------ identity
     @property
@@ -93,11 +93,15 @@ class DeviceLink:
         return self.close_code is not None
 
     def close(self, code: int, reason: str) -> None:
-        """End this connection with `code` (the first request wins)."""
+        """End this connection with `code` (the first request wins).
+
+        The reader stops at once; the writer sends what is already queued (e.g. the NACK that
+        explains the close) and ends; then the close handshake runs with `code`.
+        """
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
             self.outbox.close()
-            self._scope.cancel()
+            self._reader_scope.cancel()
 
     def send(self, frame: bytes) -> bool:
         """Queue a frame the node produced for this device; a stuck reader is closed with 1008."""
@@ -109,23 +113,25 @@ class DeviceLink:
     # ------------------------------------------------------------------ lifetime
     async def run(self, first_frames: list[bytes]) -> None:
         """Run reader and writer until the peer closes or `close` is called."""
-        with self._scope:
-            async with trio.open_nursery() as nursery:
-                self.nursery = nursery
-                nursery.start_soon(self._write_loop, name="relay-writer")
-                for frame in first_frames:
-                    self.send(frame)
-                with contextlib.suppress(ConnectionClosed):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write_loop, name="relay-writer")
+            for frame in first_frames:
+                self.send(frame)
+            async with trio.open_nursery() as tasks:  # handlers' own waits (lock operations)
+                self.nursery = tasks
+                with self._reader_scope, contextlib.suppress(ConnectionClosed):
                     await self._read_loop()
-                nursery.cancel_scope.cancel()
+                tasks.cancel_scope.cancel()
+            self.outbox.close()  # the writer sends what is queued, then returns
 
     async def _read_loop(self) -> None:
         ws = self.ws
         while not self.closing:
+            batch: list[bytes] = []
             if self.phase is Phase.AWAITING_HELLO:
                 with trio.move_on_after(self.relay.settings.hello_timeout_s):
                     batch = await ws.receive_batch()
-                if self.phase is Phase.AWAITING_HELLO and not batch:
+                if not batch:
                     self.close(CLOSE_AUTH_FAILED, "no HELLO within the handshake timeout")
                     return
             else:
@@ -137,9 +143,8 @@ class DeviceLink:
                 self.close(CLOSE_POLICY_VIOLATION, "message rate exceeded")
                 return
             await self._handle_batch(batch)
-            if self.session is not None and self.throttle.due(
-                now, self.relay.settings.heartbeat_write_interval_s
-            ):
+            interval = self.relay.settings.heartbeat_write_interval_s
+            if self.session is not None and self.throttle.due(now, interval):
                 await self.relay.refresh(self)
 
     async def _write_loop(self) -> None:
@@ -147,7 +152,7 @@ class DeviceLink:
         try:
             while True:
                 session = self.session
-                if session is not None and session.delivery.wants_drain():
+                if session is not None and not outbox.closed and session.delivery.wants_drain():
                     relay.drain(session)
                 frames = await outbox.take()
                 if frames:
@@ -247,7 +252,8 @@ class DeviceLink:
     def _may_send(self, frame: FrameView, replies: list[bytes]) -> bool:
         session = self.session
         if session is None:
-            self._nack(frame.message_id, NackReason.NOT_REGISTERED, "", replies)
+            reason = admit(self.phase, frame.type) or NackReason.NOT_REGISTERED
+            self._nack(frame.message_id, reason, "", replies)
             return False
         if frame.source != session.device_id:
             self._nack(

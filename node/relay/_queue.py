@@ -49,6 +49,8 @@ class DurableQueue:
         self.stats = QueueStats()
         self._confirmed: list[tuple[str, bytes, int, Session, int]] = []
         self._wakeup = trio.Event()
+        self._deleting = trio.Lock()  # a flush waits for the deletes already being written
+        self._purging = trio.Lock()
 
     def apply_settings(self, settings: QueueSettings) -> None:
         """New limits, TTL, policy and purge interval apply from the next insert or purge."""
@@ -97,9 +99,12 @@ class DurableQueue:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write the confirmations collected so far (one job)."""
-        if not self._confirmed:
-            return
+        """Write the confirmations collected so far (one job); returns when they are on disk."""
+        async with self._deleting:
+            if self._confirmed:
+                await self._write_confirmed()
+
+    async def _write_confirmed(self) -> None:
         batch, self._confirmed = self._confirmed, []
         try:
             self.stats.deleted += await self._storage.write(
@@ -115,15 +120,25 @@ class DurableQueue:
         """Purge expired rows every `purge_interval_s` until cancelled."""
         while True:
             await trio.sleep(self.settings.purge_interval_s)
-            while True:
-                refs = await self._storage.write(
-                    q.purge_expired, self._clock.now(), limit=self.settings.purge_batch
-                )
-                self.stats.expired += len(refs)
-                if refs:
-                    on_removed(refs, NackReason.EXPIRED)
-                if len(refs) < self.settings.purge_batch:
-                    break
+            await self.purge_expired(on_removed)
+
+    async def purge_expired(self, on_removed: RemovedHandler) -> int:
+        """Delete every expired row now (in commits of `purge_batch`); return how many."""
+        async with self._purging:
+            return await self._purge(on_removed)
+
+    async def _purge(self, on_removed: RemovedHandler) -> int:
+        total = 0
+        while True:
+            refs = await self._storage.write(
+                q.purge_expired, self._clock.now(), limit=self.settings.purge_batch
+            )
+            self.stats.expired += len(refs)
+            total += len(refs)
+            if refs:
+                on_removed(refs, NackReason.EXPIRED)
+            if len(refs) < self.settings.purge_batch:
+                return total
 
     async def purge_device(self, device_text: str) -> tuple[int, int]:
         """Delete a receiver's whole queue; returns (messages, bytes)."""

@@ -36,7 +36,7 @@ from node.router import (
     Router,
     RoutingTable,
     Session,
-    frame_key,
+    drain,
     nack_frame,
 )
 from node.storage import Storage
@@ -316,32 +316,11 @@ class RelayService:
     # ------------------------------------------------------------------ the queue
     def drain(self, session: Session) -> None:
         """Push queued rows after the session's cursor while its outbox and in-flight limit allow."""
-        delivery, outbox = session.delivery, session.outbox
-        while delivery.wants_drain():
-            messages, room_bytes = outbox.room()
-            rows_room = min(messages, delivery.room)
-            if rows_room <= 0 or (room_bytes <= 0 and outbox.frames):
-                return
-            rows, more = self.queue.pending(
-                session.device_text, delivery.cursor, max_rows=rows_room, max_bytes=max(1, room_bytes)
-            )
-            progressed = False
-            for seq, frame in rows:
-                if delivery.skip_in_drain(seq):
-                    progressed = True
-                    continue
-                again = with_flags(frame, int.from_bytes(frame[2:4], "big") | _REDELIVERED)
-                if not outbox.offer(again) and (outbox.frames or not outbox.put_control(again)):
-                    more = True
-                    break
-                delivery.pushed_by_drain(seq, frame_key(frame))
-                self.stats.redelivered += 1
-                progressed = True
-            if not more:
-                delivery.drain_done(reached_end=True)
-                return
-            if not progressed:
-                return
+
+        def read(after: int, max_rows: int, max_bytes: int) -> tuple[list[tuple[int, bytes]], bool]:
+            return self.queue.pending(session.device_text, after, max_rows=max_rows, max_bytes=max_bytes)
+
+        self.stats.redelivered += drain(session, read, _redelivered)
 
     def removed_from_queue(self, refs: list[q.QueuedRef], reason: int) -> None:
         """Rows left the queue undelivered (expired, dropped): free their slots, NACK their senders."""
@@ -434,6 +413,11 @@ class RelayService:
 
 
 _TYPE_NAMES = {0x10: "direct", 0x11: "broadcast", 0x12: "multicast", 0x13: "anycast"}
+
+
+def _redelivered(frame: bytes) -> bytes:
+    """A queued frame as it is sent again: REDELIVERED set (a copy, off the hot path)."""
+    return with_flags(frame, int.from_bytes(frame[2:4], "big") | _REDELIVERED)
 
 
 def _url(host: str, port: int, path: str) -> str:

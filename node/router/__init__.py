@@ -1,5 +1,6 @@
 """The router: routing table, sessions with bounded outboxes, delivery cursors and the peer seam."""
 
+from node.router._drain import RowReader, drain
 from node.router._outbox import Outbox
 from node.router._replies import DEFAULT_DETAILS, ack_frame, nack_frame
 from node.router._router import (
@@ -35,8 +36,10 @@ __all__ = [
     "Router",
     "RouterStats",
     "RoutingTable",
+    "RowReader",
     "Session",
     "ack_frame",
+    "drain",
     "frame_key",
     "id_text",
     "nack_frame",

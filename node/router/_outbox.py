@@ -58,8 +58,12 @@ class Outbox:
         return True
 
     def put_control(self, frame: bytes) -> bool:
-        """Queue a frame the node produced; False when even the slack is used up (a stuck reader)."""
-        if self.closed or len(self.frames) >= self.max_messages + self.control_slack:
+        """Queue a frame the node produced; False when even the slack is used up (a stuck reader).
+
+        Accepted after `close` too: the last answers (e.g. the NACK that explains the close) still
+        go out before the connection closes.
+        """
+        if len(self.frames) >= self.max_messages + self.control_slack:
             return False
         self.frames.append(frame)
         self.bytes += len(frame)
@@ -74,7 +78,7 @@ class Outbox:
             self._wake()
 
     def close(self) -> None:
-        """Refuse further frames and wake the writer so it can finish."""
+        """Refuse further data frames and wake the writer so it can send the rest and finish."""
         self.closed = True
         self.wake()
 
