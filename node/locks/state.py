@@ -467,6 +467,8 @@ class LockState:
     def _set_blockers(
         self, waiter: Waiter, holders: tuple[str, ...], ahead: tuple[str, ...]
     ) -> list[tuple[str, str]]:
+        if holders == waiter.holder_blockers and ahead == waiter.queue_blockers:
+            return []  # the common case on a hand-over: nothing changed for this waiter
         old = waiter.blockers()
         waiter.holder_blockers, waiter.queue_blockers = holders, ahead
         new = waiter.blockers()
