@@ -233,3 +233,18 @@ async def test_bifrost_failures_are_unavailable() -> None:
             with pytest.raises(Unavailable, match="Bifrost is not configured"):
                 async with neighbours.bifrost.open_relay("d-1", "n-1"):
                     pass
+
+
+async def test_clients_on_a_stopped_island_fail_at_once() -> None:
+    async with open_island() as island:
+        pass
+    settings = _settings(
+        odin=NeighbourSettings(address="127.0.0.1:9"), heimdall=HeimdallSettings(address="127.0.0.1:9")
+    )
+    async with open_neighbours(island, settings) as neighbours:
+        with trio.fail_after(5):
+            with pytest.raises(Unavailable, match="stopped"):
+                async with neighbours.odin.forward(OdinRequest(kind="k", payload=b"")):
+                    pass
+            with pytest.raises(Unavailable, match="stopped"):
+                await neighbours.heimdall.validate_token("hd_x")

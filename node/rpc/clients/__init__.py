@@ -3,12 +3,14 @@ interface with a built-in default that fails clearly when the service is not con
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import trio
 
+from node.errors import Unavailable
 from node.rpc._island import Island
 from node.rpc.clients._base import NeighbourChannel, close_channels
 from node.rpc.clients.bifrost import (
@@ -77,5 +79,9 @@ async def open_neighbours(island: Island, settings: RpcSettings) -> AsyncIterato
         channels: list[NeighbourChannel | None] = [
             getattr(client, "channel", None) for client in (odin, heimdall, bifrost)
         ]
-        with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT_S):
+        with (
+            trio.CancelScope(shield=True),
+            trio.move_on_after(_CLOSE_TIMEOUT_S),
+            contextlib.suppress(Unavailable),  # the island already stopped: nothing left open
+        ):
             await island.run(close_channels, *channels)

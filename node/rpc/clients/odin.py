@@ -79,6 +79,8 @@ class GrpcOdin:
         bridge = self._island.bridge
         pipe: ToTrio[OdinChunk] = ToTrio(bridge, bridge.loop, bridge.window)
         job = bridge.start_island_job(self._forward, request, pipe)
+        if job.done.is_set() and job.result is not None:
+            job.result.unwrap()  # the island is stopped: Unavailable at once
         try:
             yield pipe.receiver
         finally:
