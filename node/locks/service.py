@@ -115,9 +115,14 @@ class LockService:
         try:
             self._apply(events)
             await slot.done.wait()
-        finally:
+        except BaseException:
             if not slot.done.is_set():
                 self._apply(self._state.cancel(rid, trio.current_time()))
+            elif slot.lease is not None and not self._closed:  # granted, but nobody to tell
+                lease = slot.lease
+                self._apply(self._state.abandon(lease.resource, lease.token, trio.current_time()))
+            raise
+        finally:
             del self._slots[rid]
         if slot.error is not None:
             raise slot.error

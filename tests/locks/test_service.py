@@ -321,3 +321,15 @@ def test_records_are_idempotent() -> None:
     apply_records(counters, leases, batch)
     assert counters == {"r": 10}
     assert leases == {("r", 3): rec}
+
+
+async def test_grant_racing_with_cancellation_is_released(journal: FlakyJournal) -> None:
+    async with service(journal) as locks, locks.watch() as events:
+        await locks.acquire("warm", owner="a", session="s1")  # the token block is reserved
+        with trio.CancelScope() as scope:
+            scope.cancel()  # the caller is cancelled by the time the grant is handed over
+            await locks.acquire("r", owner="b", session="s2")
+        assert scope.cancelled_caught
+        causes = [e.cause for e in _drain(events) if isinstance(e, LockReleased)]
+        assert causes == [ReleaseCause.ABANDONED]
+        assert [v.resource for v in locks.list()] == ["warm"]
