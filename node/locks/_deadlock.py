@@ -36,7 +36,8 @@ from node.locks._types import (
 from node.locks._waitfor import choose_victim
 
 if TYPE_CHECKING:
-    from node.locks.state import LockState, Resource, Waiter
+    from node.locks._records import Resource, Waiter
+    from node.locks.state import LockState
 
 
 def resolve(state: LockState, cycle: list[str], events: list[LockEvent]) -> None:

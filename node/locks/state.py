@@ -46,19 +46,25 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import TypeVar
+from collections.abc import Iterable, Mapping
 
 from node.errors import InvalidInput, NotFound, PermissionDenied, ResourceExhausted
-from node.locks import _deadlock
+from node.locks import _deadlock, _edges
+from node.locks._records import (
+    STAT_KEYS,
+    Resource,
+    Waiter,
+    discard,
+    service_order,
+    top,
+    waiter_view,
+)
 from node.locks._types import (
     AcquireRequest,
     Lease,
     LockEvent,
     LockExpired,
     LockGranted,
-    LockMode,
     LockQueued,
     LockRefreshed,
     LockRefused,
@@ -66,37 +72,10 @@ from node.locks._types import (
     RefusalReason,
     ReleaseCause,
     ResourceView,
-    WaiterView,
     compatible,
 )
 from node.locks._waitfor import WaitForGraph
 from node.locks.settings import LockSettings
-
-
-@dataclass(eq=False, slots=True)
-class Waiter:
-    """A queued request (internal; `WaiterView` is the public picture)."""
-
-    id: int
-    req: AcquireRequest
-    enqueued_at: float
-    deadline: float
-    effective: int
-    next_aging: float = math.inf
-    aged_steps: int = 0
-    holder_blockers: tuple[str, ...] = ()
-    queue_blockers: tuple[str, ...] = ()
-
-    def blockers(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys((*self.holder_blockers, *self.queue_blockers)))
-
-
-@dataclass(eq=False, slots=True)
-class Resource:
-    name: str
-    holders: dict[int, Lease] = field(default_factory=dict)
-    queue: list[Waiter] = field(default_factory=list)
-    grant_seq: dict[int, int] = field(default_factory=dict)
 
 
 class LockState:
@@ -119,7 +98,7 @@ class LockState:
         self._grace_heap: list[tuple[float, str]] = []
         self._aging_heap: list[tuple[float, int]] = []
         self._dirty: dict[str, None] = {}
-        self.stats: dict[str, int] = dict.fromkeys(_STAT_KEYS, 0)
+        self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
 
     # -- start-up and settings ------------------------------------------------------------
 
@@ -266,10 +245,10 @@ class LockState:
     def next_deadline(self) -> float:
         """When the next timer is due (inf when none)."""
         return min(
-            _top(self._lease_heap, self._lease_valid),
-            _top(self._wait_heap, self._wait_valid),
-            _top(self._grace_heap, self._grace_valid),
-            _top(self._aging_heap, self._aging_valid),
+            top(self._lease_heap, self._lease_valid),
+            top(self._wait_heap, self._wait_valid),
+            top(self._grace_heap, self._grace_valid),
+            top(self._aging_heap, self._aging_valid),
         )
 
     def holding(self, resource: str, token: int) -> Lease | None:
@@ -286,7 +265,7 @@ class LockState:
         res = self.resources.get(resource)
         if res is None:
             return None
-        waiters = tuple(_waiter_view(w) for w in res.queue)
+        waiters = tuple(waiter_view(w) for w in res.queue)
         return ResourceView(resource, tuple(res.holders.values()), waiters, self.last_token(resource))
 
     def views(self) -> list[ResourceView]:
@@ -306,7 +285,7 @@ class LockState:
         self._owner_waiters.setdefault(req.owner, {})[wid] = None
         self._session_waiters.setdefault(req.session, {})[wid] = None
         res.queue.append(waiter)
-        res.queue.sort(key=_service_order)
+        res.queue.sort(key=service_order)
         if req.wait_s > 0:
             heapq.heappush(self._wait_heap, (waiter.deadline, wid))
             self._schedule_aging(waiter)
@@ -379,17 +358,21 @@ class LockState:
 
     def _drop_waiter(self, waiter: Waiter) -> None:
         del self.waiters[waiter.id]
-        _discard(self._owner_waiters, waiter.req.owner, waiter.id)
-        _discard(self._session_waiters, waiter.req.session, waiter.id)
+        discard(self._owner_waiters, waiter.req.owner, waiter.id)
+        discard(self._session_waiters, waiter.req.session, waiter.id)
         res = self.resources[waiter.req.resource]
         res.queue.remove(waiter)
-        self._set_blockers(waiter, (), ())
+        _edges.set_blockers(self, waiter, (), ())
         self._mark(res)
 
     def owner_waiters(self, owner: str) -> Iterable[Waiter]:
         return [self.waiters[wid] for wid in self._owner_waiters.get(owner, ())]
 
     # -- wait-for edges and settling ------------------------------------------------------
+
+    def ending(self, session: str) -> bool:
+        """Whether the session has ended and its grace period runs."""
+        return session in self._ending
 
     def _mark_session(self, session: str) -> None:
         for name, _ in self._session_holds.get(session, ()):
@@ -409,7 +392,7 @@ class LockState:
                 if res is None:
                     continue
                 self._grant_pass(res, now, events)
-                pending.extend(self._resync(res))
+                pending.extend(_edges.resync(self, res))
                 if not res.holders and not res.queue:
                     del self.resources[name]
             if not pending:
@@ -422,86 +405,23 @@ class LockState:
                 self.stats["deadlocks"] += 1
                 _deadlock.resolve(self, cycle, events)
 
-    def _resync(self, res: Resource) -> list[tuple[str, str]]:
-        """Recompute the blockers of every waiter of `res`; return the edges that appeared."""
-        added: list[tuple[str, str]] = []
-        run: list[str] = []
-        nearest_exclusive: str | None = None
-        for index, waiter in enumerate(res.queue):
-            mode, owner = waiter.req.mode, waiter.req.owner
-            ahead: tuple[str, ...] = ()
-            if index and mode is LockMode.EXCLUSIVE:
-                ahead = tuple(run) if run else (res.queue[index - 1].req.owner,)
-            elif index and nearest_exclusive is not None:
-                ahead = (nearest_exclusive,)
-            front = not ahead
-            ahead = tuple(o for o in dict.fromkeys(ahead) if o != owner)
-            holders = self._holder_blockers(res, mode, owner, front=front)
-            added.extend(self._set_blockers(waiter, holders, ahead))
-            if mode is LockMode.EXCLUSIVE:
-                nearest_exclusive, run = owner, []
-            else:
-                run.append(owner)
-        return added
-
-    def _holder_blockers(self, res: Resource, mode: LockMode, owner: str, *, front: bool) -> tuple[str, ...]:
-        """Owners of the conflicting holders a waiter waits for directly.
-
-        Only waiters at the front of the queue (nobody conflicting ahead) get edges to other
-        owners' holders; the ones behind reach them through the queue edges, so a hand-over
-        changes a couple of edges instead of one per waiter. A waiter's edge to its own owner's
-        holding is always kept: that is a self-wait, a deadlock wherever it queues. A holder
-        whose session has ended waits for nothing and goes at the end of its grace period: it
-        cannot be on a cycle, and is no self-wait for its reconnected owner.
-        """
-        return tuple(
-            dict.fromkeys(
-                h.owner
-                for h in res.holders.values()
-                if (front or h.owner == owner)
-                and not compatible(h.mode, mode)
-                and h.session not in self._ending
-            )
-        )
-
-    def _set_blockers(
-        self, waiter: Waiter, holders: tuple[str, ...], ahead: tuple[str, ...]
-    ) -> list[tuple[str, str]]:
-        if holders == waiter.holder_blockers and ahead == waiter.queue_blockers:
-            return []  # the common case on a hand-over: nothing changed for this waiter
-        old = waiter.blockers()
-        waiter.holder_blockers, waiter.queue_blockers = holders, ahead
-        new = waiter.blockers()
-        if old == new:
-            return []
-        owner = waiter.req.owner
-        for b in old:
-            if b not in new:
-                self.graph.remove_edge(owner, b)
-        added = []
-        for b in new:
-            if b not in old:
-                self.graph.add_edge(owner, b)
-                added.append((owner, b))
-        return added
-
     # -- timers ---------------------------------------------------------------------------
 
     def _advance(self, now: float, events: list[LockEvent]) -> None:
         """Apply due timers in time order (ties: leases, sessions, waits, aging)."""
         while (when := self.next_deadline()) <= now and when < math.inf:
-            if _top(self._lease_heap, self._lease_valid) == when:
+            if top(self._lease_heap, self._lease_valid) == when:
                 _, name, token = heapq.heappop(self._lease_heap)
                 lease = self._end_hold(self.resources[name], token, events, cause=None)
                 events.append(LockExpired(lease))
                 self.stats["expiries"] += 1
-            elif _top(self._grace_heap, self._grace_valid) == when:
+            elif top(self._grace_heap, self._grace_valid) == when:
                 _, session = heapq.heappop(self._grace_heap)
                 del self._ending[session]
                 self._mark_session(session)
                 for name, token in list(self._session_holds.get(session, ())):
                     self._end_hold(self.resources[name], token, events, cause=ReleaseCause.SESSION_ENDED)
-            elif _top(self._wait_heap, self._wait_valid) == when:
+            elif top(self._wait_heap, self._wait_valid) == when:
                 _, wid = heapq.heappop(self._wait_heap)
                 self._refuse(self.waiters[wid], RefusalReason.TIMEOUT, events)
             else:
@@ -517,7 +437,7 @@ class LockState:
         waiter.next_aging = math.inf
         self._schedule_aging(waiter)
         res = self.resources[waiter.req.resource]
-        res.queue.sort(key=_service_order)
+        res.queue.sort(key=service_order)
         self._mark(res)
 
     def _schedule_aging(self, waiter: Waiter) -> None:
@@ -549,56 +469,3 @@ class LockState:
         if res is None or lease is None:
             raise NotFound(f"lock {resource!r}/{token} is not held", resource=resource, token=token)
         return res, lease
-
-
-_STAT_KEYS = (
-    "grants",
-    "queued",
-    "expiries",
-    "preemptions",
-    "deadlocks",
-    "refusals_timeout",
-    "refusals_deadlock",
-    "refusals_cancelled",
-    "refusals_session_ended",
-    "releases_released",
-    "releases_session_ended",
-    "releases_admin",
-    "releases_abandoned",
-)
-
-
-_E = TypeVar("_E", tuple[float, str, int], tuple[float, int], tuple[float, str])
-
-
-def _top(heap: list[_E], valid: Callable[[_E], bool]) -> float:
-    """The earliest valid deadline in `heap`, dropping stale entries (lazy deletion)."""
-    while heap and not valid(heap[0]):
-        heapq.heappop(heap)
-    return heap[0][0] if heap else math.inf
-
-
-def _discard(index: dict[str, dict[int, None]], key: str, wid: int) -> None:
-    ids = index[key]
-    del ids[wid]
-    if not ids:
-        del index[key]
-
-
-def _service_order(waiter: Waiter) -> tuple[int, int]:
-    return (-waiter.effective, waiter.id)
-
-
-def _waiter_view(w: Waiter) -> WaiterView:
-    r = w.req
-    return WaiterView(
-        w.id,
-        r.resource,
-        r.owner,
-        r.session,
-        r.mode,
-        r.priority,
-        w.effective,
-        w.enqueued_at,
-        w.deadline,
-    )
