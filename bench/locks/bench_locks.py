@@ -10,6 +10,9 @@ Paths measured, alternating A B A B ... in one invocation (BENCH.md):
   contended 10 clients contending for one resource: grants per second (local and cluster)
 Another transport (WebSocket, gRPC) plugs in as a `Transport`: an object with `name`,
 `async acquire(resource) -> token` and `async release(resource, token)`.
+cpu_s is the server side's CPU seconds from /proc/PID/stat (local: this process; etcd and cluster:
+etcd + this process); share = cpu_s / wall time of that path (on a quiet machine, local ~1.0 —
+much less means the machine was busy and the tail shows the kernel's scheduling, not the locks).
 Output: a table, and JSON lines in bench/results/locks-<time>.jsonl. Everything runs on
 127.0.0.1; etcd is started here (temp data dir, loopback ports) and killed at the end.
 """
@@ -206,6 +209,7 @@ async def main(args: argparse.Namespace) -> None:
             await round_trips(raw, 20, "bench")
             samples: dict[str, list[float]] = {"local": [], "etcd": [], "cluster": []}
             cpu: dict[str, float] = {"local": 0.0, "etcd": 0.0, "cluster": 0.0}
+            wall: dict[str, float] = {"local": 0.0, "etcd": 0.0, "cluster": 0.0}
             for _ in range(args.rounds):  # A B C A B C ...
                 for name, t, n, resource, pid in (
                     ("local", local, args.local_n, "bench/local", None),
@@ -213,13 +217,22 @@ async def main(args: argparse.Namespace) -> None:
                     ("cluster", cluster, args.etcd_n, "cluster/bench", etcd_pid),
                 ):
                     before = cpu_seconds(pid) + (cpu_seconds() if pid else 0)
+                    started = time.perf_counter()
                     samples[name] += await round_trips(t, n, resource)
+                    wall[name] += time.perf_counter() - started
                     cpu[name] += cpu_seconds(pid) + (cpu_seconds() if pid else 0) - before
             for name, values in samples.items():
                 stats = summary(values)
                 rate = len(values) / (sum(values) / 1e6)
                 rows.append(
-                    {"path": name, "kind": "acquire+release", **stats, "rate_per_s": rate, "cpu_s": cpu[name]}
+                    {
+                        "path": name,
+                        "kind": "acquire+release",
+                        **stats,
+                        "rate_per_s": rate,
+                        "cpu_s": cpu[name],
+                        "cpu_share": cpu[name] / wall[name],
+                    }
                 )
             for name, make, resource in (
                 ("local", lambda o: ServiceTransport("local", locks, o), "bench/hot"),
@@ -247,7 +260,7 @@ def report(rows: list[dict[str, object]]) -> None:
             print(
                 f"{r['path']!s:10} {r['kind']!s:16} {r['p50']:8.0f} {r['p90']:8.0f} "
                 f"{r['p99']:8.0f} {r['p99.9']:8.0f} {r['max']:9.0f} {r['rate_per_s']:9.0f} "
-                f"{r['cpu_s']:7.2f}"
+                f"{r['cpu_s']:7.2f} {r['cpu_share']:6.2f}"
             )
         else:
             print(f"{r['path']!s:10} {r['kind']!s:16} {'':>44} {r['rate_per_s']:9.0f}")
