@@ -59,8 +59,11 @@ class TcpClient:
                         break
                     chunks.append(chunk)
                     size += len(chunk)
-                with trio.move_on_after(write_timeout_s) as scope:
-                    await self.stream.send_all(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                try:
+                    with trio.move_on_after(write_timeout_s) as scope:
+                        await self.stream.send_all(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return  # the peer went away
                 if scope.cancelled_caught:
                     return
 

@@ -8,6 +8,7 @@ The control plane (every STUN request, the state, timers) runs here in Trio thro
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -448,13 +449,18 @@ class TurnService:
             self._drops["tcp-limit"] += 1
             await trio.aclose_forcefully(stream)
             return
-        addr = stream.socket.getpeername()
+        try:
+            addr = stream.socket.getpeername()
+        except OSError:  # gone before we looked
+            await trio.aclose_forcefully(stream)
+            return
         client = TcpClient(stream, (addr[0], addr[1]), self._settings.tcp_send_queue_frames)
         self._tcp_clients.add(client)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._tcp_writer, client, nursery.cancel_scope)
-                await self._tcp_reader(client)
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self._tcp_reader(client)  # a reset connection just ends the session
                 nursery.cancel_scope.cancel()
         finally:
             self._tcp_clients.discard(client)

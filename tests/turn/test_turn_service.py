@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 from typing import Any
 
 import pytest
@@ -323,3 +324,20 @@ async def test_bandwidth_cap_changes_live(
         await client.send_channel(0x4001, bytes(1000))
     await binding(client)
     assert turn.service.statistics().drops.get("bandwidth", 0) > 0
+
+
+async def test_a_reset_tcp_connection_ends_only_its_session(turn: RunningTurn, client_factory: Any) -> None:
+    for _ in range(3):
+        doomed = await client_factory(turn.tcp, transport="tcp")
+        await doomed.allocate()
+        raw = doomed.stream.socket
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends RST
+        await doomed.send_raw(encode_message(Message(Method.BINDING, MessageClass.REQUEST, os.urandom(12))))
+        await doomed.aclose()
+        doomed.stream = None
+    with trio.fail_after(TIMEOUT_S):
+        while turn.service.statistics().tcp_connections:
+            await trio.sleep(0)
+    assert turn.service.statistics().allocations == 0
+    survivor = await client_factory(turn.tcp, transport="tcp")
+    assert (await binding(survivor)).cls == MessageClass.SUCCESS
