@@ -86,8 +86,8 @@ class LockSettings(Section):
     )
     durable_grants: bool = Field(
         False,
-        description="Also wait until the lease record is durable before a grant is returned "
-        "(the counter always is).",
+        description="acquire, refresh and release return only once their lease record is "
+        "durable (a grant's token reservation always is).",
     )
     journal_max_backlog: int = Field(
         10_000,
