@@ -89,6 +89,16 @@ class Unavailable(NodeError):
     title = "Service unavailable"
 
 
+class Aborted(NodeError):
+    """An operation gave up or was overtaken (a lock wait timed out, a lease was lost meanwhile)."""
+
+    code = "aborted"
+    http_status = 409
+    grpc_status = "ABORTED"
+    ws_close = 1008
+    title = "Aborted"
+
+
 class Deadlock(NodeError):
     """A lock wait was aborted to break a deadlock."""
 

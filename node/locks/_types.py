@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from node.errors import Conflict, Deadlock, NodeError
+from node.errors import Aborted, Deadlock, NodeError
 
 
 class LockMode(StrEnum):
@@ -169,7 +169,7 @@ def refusal_error(reason: RefusalReason, resource: str, cycle: tuple[str, ...] =
             cycle=list(cycle),
         )
     if reason is RefusalReason.TIMEOUT:
-        return Conflict(f"lock {resource!r} not granted in time", resource=resource, reason=reason.value)
-    return Conflict(
+        return Aborted(f"lock {resource!r} not granted in time", resource=resource, reason=reason.value)
+    return Aborted(
         f"lock request for {resource!r} ended: {reason.value}", resource=resource, reason=reason.value
     )

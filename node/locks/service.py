@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import trio
 
 from node.clock import WallClock
-from node.errors import Conflict, InvalidInput, NodeError, NotFound, Unavailable
+from node.errors import Aborted, InvalidInput, NodeError, NotFound, Unavailable
 from node.locks._cluster import ClusterLocks
 from node.locks._journal_writer import Batch, JournalWriter
 from node.locks._types import (
@@ -101,7 +101,7 @@ class LockService:
     ) -> Lease:
         """Wait for the lock and return its lease (with the fencing token).
 
-        Raises Deadlock (chosen as a deadlock victim), Conflict (not granted within `wait_s`,
+        Raises Deadlock (chosen as a deadlock victim), Aborted (not granted within `wait_s`,
         or the session ended), InvalidInput, ResourceExhausted (limits), Unavailable (etcd
         unreachable for a cluster resource, or the service is stopping). Cancellation withdraws
         the request; a grant that raced with it is released. The returned lease is held and
@@ -298,7 +298,7 @@ class LockService:
             # Never tell a caller it holds a lock it has lost (expired, preempted) meanwhile.
             self._stats["grants_withheld"] += 1
             self._apply(self._state.abandon(lease.resource, lease.token, trio.current_time()))
-            raise Conflict(
+            raise Aborted(
                 f"lock {lease.resource!r} was lost before the grant reached the caller",
                 resource=lease.resource,
                 reason="lost",

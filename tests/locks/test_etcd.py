@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from node.errors import Conflict, NotFound, Unavailable
+from node.errors import Aborted, NotFound, Unavailable
 from node.locks import LockMode, LockSettings
 from node.locks.etcd import Election, open_etcd_client, open_etcd_session
 from node.locks.journal import MemoryLockJournal
@@ -82,7 +82,7 @@ async def test_shared_holders_coexist_and_exclusive_waits(etcd: EtcdProcess) -> 
         async with node(etcd) as n1, node(etcd) as n2:
             s1 = await n1.acquire("cluster/s", owner="a", session="a", mode=LockMode.SHARED)
             s2 = await n2.acquire("cluster/s", owner="b", session="b", mode=LockMode.SHARED)
-            with pytest.raises(Conflict):
+            with pytest.raises(Aborted):
                 await n2.acquire("cluster/s", owner="c", session="c", wait_s=0)
             view = await n1.get("cluster/s")
             assert {h.owner for h in view.holders} == {"a", "b"}
@@ -109,7 +109,7 @@ async def test_wait_timeout_and_lease_expiry_of_a_cluster_lock(etcd: EtcdProcess
     with trio.fail_after(20):
         async with node(etcd) as n1, node(etcd) as n2:
             lease = await n1.acquire("cluster/t", owner="a", session="a", lease_s=0.5)
-            with pytest.raises(Conflict):
+            with pytest.raises(Aborted):
                 await n2.acquire("cluster/t", owner="b", session="b", wait_s=0.1)
             second = await n2.acquire("cluster/t", owner="b", session="b", wait_s=5)
             assert second.token > lease.token
@@ -133,7 +133,7 @@ async def test_killed_holder_frees_the_lock_within_ttl_plus_one_second(etcd: Etc
         line = await trio.to_thread.run_sync(proc.stdout.readline)
         victim_token = int(line)
         async with node(etcd) as n2:
-            with pytest.raises(Conflict):
+            with pytest.raises(Aborted):
                 await n2.acquire("cluster/k", owner="b", session="b", wait_s=0)
             os.killpg(proc.pid, signal.SIGKILL)
             killed_at = trio.current_time()

@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from node.clock import WallClock
-from node.errors import Conflict, Deadlock, InvalidInput, NotFound, StoreError, Unavailable
+from node.errors import Aborted, Deadlock, InvalidInput, NotFound, StoreError, Unavailable
 from node.locks import (
     DeadlockPolicy,
     LockEvent,
@@ -73,11 +73,11 @@ async def test_wait_timeout(journal: FlakyJournal, autojump_clock: trio.testing.
     async with service(journal) as locks:
         await locks.acquire("r", owner="a", session="s1", lease_s=100)
         start = trio.current_time()
-        with pytest.raises(Conflict) as info:
+        with pytest.raises(Aborted) as info:
             await locks.acquire("r", owner="b", session="s2", wait_s=7)
         assert info.value.extra["reason"] == "timeout"
         assert trio.current_time() - start == pytest.approx(7)
-        with pytest.raises(Conflict):
+        with pytest.raises(Aborted):
             await locks.acquire("r", owner="b", session="s2", wait_s=0)
         assert locks.statistics()["waiters"] == 0
 
@@ -220,7 +220,7 @@ async def test_grant_is_withheld_when_lost_before_delivery(
 ) -> None:
     async with service(journal, journal_timeout_s=30) as locks:
         journal.delay_s = 10  # the first grant of a resource waits for its counter reservation
-        with pytest.raises(Conflict) as info:
+        with pytest.raises(Aborted) as info:
             await locks.acquire("slow", owner="a", session="s1", lease_s=5)
         assert info.value.extra["reason"] == "lost"
         assert locks.statistics()["grants_withheld"] == 1

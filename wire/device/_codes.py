@@ -95,6 +95,7 @@ class NackReason(IntEnum):
     STORE_ERROR = 18
     INTERNAL = 19
     RESOURCE_EXHAUSTED = 20
+    ABORTED = 21
 
 
 # The slug of each reason; where `node.errors` has the same meaning its `code` is used verbatim.
@@ -119,6 +120,7 @@ NACK_SLUGS: dict[NackReason, str] = {
     NackReason.STORE_ERROR: "store-error",
     NackReason.INTERNAL: "internal",
     NackReason.RESOURCE_EXHAUSTED: "resource-exhausted",
+    NackReason.ABORTED: "aborted",
 }
 
 _BY_SLUG = {slug: reason for reason, slug in NACK_SLUGS.items()}
