@@ -28,6 +28,8 @@ from node.api import ApiContext, serve_api
 from node.clock import WallClock
 from node.config import ConfigWatcher, Settings
 from node.errors import StoreError
+from node.locks import LockService, serve_locks
+from node.locks.sqlite_journal import SqliteLockJournal
 from node.logs import Logs, event, logger
 from node.registry import Registry
 from node.relay.service import RelayService
@@ -180,6 +182,7 @@ async def _run_services(
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         await nursery.start(registry.run)
+        await _start_locks(nursery, handle, settings, clock)
         nursery.start_soon(tokens.run, name="tokens-last-used")
         nursery.start_soon(audit.run, name="audit-writer")
         host = settings.host_for(settings.api.host)
@@ -205,6 +208,19 @@ async def _run_services(
             for done in drained:
                 await done.wait()
         nursery.cancel_scope.cancel()
+
+
+async def _start_locks(
+    nursery: trio.Nursery, handle: NodeHandle, settings: Settings, clock: WallClock
+) -> None:
+    """Start the lock service on the store's journal; publish its statistics and live settings."""
+    locks: LockService = await nursery.start(
+        partial(serve_locks, settings.locks, SqliteLockJournal(handle.storage), wall_clock=clock)
+    )
+    handle.api.locks = locks
+    handle.extra["locks"] = locks
+    handle.api.stats_providers["locks"] = locks.statistics
+    handle.extra.setdefault("reload_hooks", []).append(lambda new: locks.apply_settings(new.locks))
 
 
 async def _start_relay(

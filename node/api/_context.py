@@ -8,6 +8,7 @@ from typing import Any
 
 from node.clock import WallClock
 from node.config import Settings
+from node.locks import LockService
 from node.logs import Logs
 from node.ratelimit import RateLimiter
 from node.registry import Registry
@@ -30,6 +31,7 @@ class ApiContext:
     started_at: float
     stats_providers: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
     state: str = "starting"  # starting | ok | stopping
+    locks: LockService | None = None
 
     def __post_init__(self) -> None:
         api = self.settings.api

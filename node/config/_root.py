@@ -14,6 +14,7 @@ from node.config._model import (
     ServerSettings,
     StoreSettings,
 )
+from node.locks.settings import LockSettings
 from node.relay.settings import RelaySettings
 
 
@@ -25,6 +26,7 @@ class Settings(Section):
     api: ApiSettings = Field(default_factory=ApiSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    locks: LockSettings = Field(default_factory=LockSettings)
     relay: RelaySettings = Field(default_factory=RelaySettings)
 
     def store_path(self) -> Path:
