@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 import math
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
@@ -461,12 +461,15 @@ async def open_lock_service(
                 client = await nursery.start(_run_etcd, settings)
                 service._cluster = ClusterLocks(client, settings, service.publish)
                 await nursery.start(service._cluster.run)
-            yield service
-            with trio.move_on_after(settings.journal_timeout_s) as scope, suppress(NodeError):
-                scope.shield = True
-                await writer.flush()  # graceful stop: what was granted is on disk
-            service._close()
-            nursery.cancel_scope.cancel()
+            try:
+                yield service
+            finally:
+                # Graceful stop, also when the node's root scope is being cancelled: what was
+                # granted and released is on disk before the service goes.
+                with trio.CancelScope(shield=True):
+                    await writer.commit_remaining()
+                service._close()
+                nursery.cancel_scope.cancel()
     finally:
         service._close()
 
