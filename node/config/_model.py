@@ -5,17 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic.config import JsonDict
+from pydantic import Field, field_validator
 
-LIVE: JsonDict = {"live": True}
-"""`json_schema_extra` marker: the field may change while the node runs (hot reload)."""
-
-
-class Section(BaseModel):
-    """Base of every settings section: strict keys, immutable values."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from node._section import LIVE, Section
 
 
 class ServerSettings(Section):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from node.config._model import LIVE, Section
+from node._section import LIVE, Section
 from node.locks._types import DeadlockPolicy
 
 

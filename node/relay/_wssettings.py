@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from node.config._model import LIVE, Section  # not `node.config`: it imports this module
+from node._section import LIVE, Section  # not `node.config`: it imports this module
 
 
 class WsSettings(Section):

@@ -13,7 +13,7 @@ from typing import Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from node.config._model import LIVE, Section  # the submodule: node.config itself imports this module
+from node._section import LIVE, Section  # the submodule: node.config itself imports this module
 
 
 class TurnSettings(Section):
