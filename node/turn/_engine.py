@@ -60,6 +60,7 @@ class RelayEngine:
         self._posted = 0  # written by the engine thread only
         self.processed = 0  # written by the Trio thread only (`done`)
         self._stopping = False
+        self._closed = False
         self._buf = bytearray(4 + _RECV_BYTES)
         self._view = memoryview(self._buf)
         self.drops: Counter[str] = Counter()
@@ -76,6 +77,9 @@ class RelayEngine:
 
     def add_relay(self, relay: Relay, allocation: Allocation) -> None:
         """Serve a relay socket of a UDP allocation; it is closed here on `remove`."""
+        if self._closed:
+            relay.sock.close()
+            return
         fd = relay.sock.fileno()
         self._owned[fd] = relay.sock
         self._handlers[fd] = self._relay_handler(relay, allocation)
@@ -86,19 +90,36 @@ class RelayEngine:
         self.processed += count
 
     def remove(self, sock: socket.socket) -> None:
-        """Stop serving a relay socket and close it (on the engine thread)."""
+        """Stop serving a relay socket and close it (on the engine thread, or at `close`)."""
+        if self._closed:
+            sock.close()
+            return
         self._closing.append(sock)
         os.eventfd_write(self._wake_fd, 1)
 
     def stop(self) -> None:
         """Make `run` return."""
         self._stopping = True
-        os.eventfd_write(self._wake_fd, 1)
+        if not self._closed:
+            os.eventfd_write(self._wake_fd, 1)
+
+    def close(self) -> None:
+        """Release everything once the thread has ended (called by the thread's owner)."""
+        if self._closed:
+            return
+        self._closed = True
+        for sock in [*self._owned.values(), *self._closing]:
+            sock.close()
+        self._owned.clear()
+        self._closing.clear()
+        self._handlers.clear()
+        self._epoll.close()
+        os.close(self._wake_fd)
 
     # -- the thread -----------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Poll until `stop`; closes every relay socket it owns on the way out."""
+        """Poll until `stop`. The owner calls `close` after the thread has ended."""
         poll, handlers, wake_fd = self._epoll.poll, self._handlers, self._wake_fd
         try:
             while not self._stopping:
@@ -119,11 +140,7 @@ class RelayEngine:
                     self._posted += len(batch)
                     self._post_control(batch)
         finally:
-            for sock in self._owned.values():
-                sock.close()
-            self._owned.clear()
-            self._epoll.close()
-            os.close(self._wake_fd)
+            self._stopping = True
 
     def _on_wake(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -322,6 +339,7 @@ async def run_engine(engine: RelayEngine) -> None:
         engine.stop()
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(thread.join)
+        engine.close()  # only now: no descriptor is closed under the thread's feet
     if failure:
         raise failure[0]
     raise RuntimeError("the TURN relay thread stopped")

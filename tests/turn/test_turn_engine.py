@@ -42,6 +42,7 @@ def test_hand_over_to_trio_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         assert len(engine._control) == 5 and engine.drops["control-overload"] == 3
         os.eventfd_write(engine._wake_fd, 1)
         engine.run()  # one pass: hands the batch over (and the test's post() stops it)
+        engine.close()
     assert [len(batch) for batch in posted] == [5]
     engine.done(5)
     assert engine.processed == 5
@@ -53,6 +54,14 @@ def test_the_engine_closes_the_relay_sockets_it_owns() -> None:
     removed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     engine._owned = {kept.fileno(): kept, removed.fileno(): removed}
     engine.remove(removed)
+    engine._on_wake()  # what the thread does when woken
+    assert removed.fileno() == -1 and kept.fileno() != -1
     engine.stop()
-    engine.run()
-    assert removed.fileno() == -1 and kept.fileno() == -1
+    engine.run()  # returns at once
+    assert kept.fileno() != -1  # the thread never closes what it may still be reading
+    engine.close()
+    assert kept.fileno() == -1
+    late = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    engine.remove(late)  # after close: closed at once, nothing written to a stale eventfd
+    engine.stop()
+    assert late.fileno() == -1
