@@ -198,12 +198,15 @@ class Bridge:
     # Trio side: running calls ----------------------------------------------------------------
     async def run_trio_side(self, *, task_status: trio.TaskStatus[None]) -> None:
         """Host the calls' tasks until `close_trio_side`; shielded from outside cancellation."""
-        with trio.CancelScope(shield=True) as self._scope:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._trio_out.run_flusher)
-                task_status.started()
-                await trio.sleep_forever()
+        self._trio_out.start()
+        try:
+            with trio.CancelScope(shield=True) as self._scope:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    task_status.started()
+                    await trio.sleep_forever()
+        finally:
+            self._trio_out.stop()
 
     def close_trio_side(self) -> None:
         """Refuse new calls and cancel the running ones (Trio thread)."""

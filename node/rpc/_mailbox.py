@@ -9,10 +9,9 @@ to *post* a job, a plain `(fn, args)` pair that the other thread runs as `fn(*ar
 * island → Trio (`IslandOutbox`): jobs posted during one asyncio loop iteration are collected in a
   list; the first post schedules `flush` with `loop.call_soon`, which runs once, at the start of the
   next iteration, and hands the whole list to Trio with one `TrioToken.run_sync_soon`.
-* Trio → island (`TrioOutbox`): jobs posted by Trio tasks are collected likewise; the first post
-  wakes a flusher task, which runs after the current batch of runnable Trio tasks and hands the
-  list over with one `loop.call_soon_threadsafe`. Without a flusher (not started yet, or already
-  stopped) a post is handed over at once.
+* Trio → island (`TrioOutbox`): jobs posted by Trio tasks are collected likewise; a Trio
+  instrument hands the list over with one `loop.call_soon_threadsafe` at the end of each pass of
+  Trio's scheduler (`before_io_wait`). Before it is installed, or after, a post goes over at once.
 
 Each hand-over costs one cross-thread wake-up (a write to the other loop's wake-up fd, and a GIL
 hand-off) whatever the batch size: under load, wake-ups are per batch and not per message, which
@@ -74,38 +73,43 @@ class IslandOutbox:
             log.debug("dropping %d job(s) for a finished Trio run", len(batch))
 
 
-class TrioOutbox:
-    """Jobs from Trio to the island thread; used on the Trio thread only."""
+class TrioOutbox(trio.abc.Instrument):
+    """Jobs from Trio to the island thread; used on the Trio thread only.
+
+    A Trio instrument: `before_io_wait` runs once per pass of Trio's scheduler, right before it
+    polls for I/O, so everything Trio tasks posted during that pass goes over in one hand-over,
+    with no task or wake-up of its own. Before `start` and after `stop`, posts go over at once.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._pending: list[Job] = []
-        self._wake = trio.Event()
-        self._flusher_running = False
+        self._installed = False
         self.batches = 0
         self.jobs = 0
 
     def post(self, fn: Callable[..., object], *args: Any) -> None:
-        """Run `fn(*args)` on the island loop soon (after the current batch of Trio tasks)."""
+        """Run `fn(*args)` on the island loop soon (at the end of this Trio scheduler pass)."""
         self._pending.append((fn, args))
-        if len(self._pending) == 1:
-            if self._flusher_running:
-                self._wake.set()
-            else:
-                self._flush()
+        if not self._installed:
+            self._flush()
 
-    async def run_flusher(self) -> None:
-        """Hand pending jobs over once per batch of Trio tasks, until cancelled."""
-        self._flusher_running = True
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake = trio.Event()
-                self._flush()
-        finally:
-            self._flusher_running = False
-            if self._pending:
-                self._flush()
+    def start(self) -> None:
+        """Begin batching (Trio thread, inside the run)."""
+        trio.lowlevel.add_instrument(self)
+        self._installed = True
+
+    def stop(self) -> None:
+        """Stop batching and hand over what is pending."""
+        if self._installed:
+            self._installed = False
+            trio.lowlevel.remove_instrument(self)
+        if self._pending:
+            self._flush()
+
+    def before_io_wait(self, timeout: float) -> None:
+        if self._pending:
+            self._flush()
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
