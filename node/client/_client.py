@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import trio
 import trio_websocket
@@ -113,6 +114,12 @@ class DeviceClient:
         self._inbox_send, self._inbox = trio.open_memory_channel[Message](self.settings.receive_buffer)
         self._events_send, self._events = trio.open_memory_channel[Event](self.settings.event_buffer)
         self._stopping = False
+        self._fatal: NackError | None = None
+        self._up = trio.Event()  # set while a session is registered
+
+    async def wait_connected(self) -> None:
+        """Wait until a session is registered (at once when one is)."""
+        await self._up.wait()
 
     # ------------------------------------------------------------------ connection loop
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -131,7 +138,7 @@ class DeviceClient:
                 if code in FINAL_CLOSE_CODES or not self.settings.reconnect or self._stopping:
                     self.ended = SessionEnded(code or 1006, reason)
                     if not started:
-                        raise self.ended
+                        raise self._fatal or self.ended
                     return
                 await trio.sleep(delay * (0.5 + random.random() / 2))  # equal jitter
                 delay = min(delay * 2, self.settings.backoff_max_s)
@@ -140,40 +147,83 @@ class DeviceClient:
             self._events_send.close()
 
     async def _one_session(self, task_status: trio.TaskStatus[None] | None) -> tuple[int | None, str]:
-        """Run one connection; return its close (code, reason)."""
+        """Run one connection; return its close (code, reason).
+
+        The TCP stream is opened and closed here rather than by trio-websocket's
+        `open_websocket_url`: 0.12.2 leaves the socket open after a rejected upgrade (401) and
+        after a close the server initiated.
+        """
+        url = urlsplit(self.url)
+        try:
+            with trio.fail_after(self.settings.connect_timeout_s):
+                stream = await trio.open_tcp_stream(url.hostname or "127.0.0.1", url.port or 80)
+        except (OSError, trio.TooSlowError) as exc:
+            return None, str(exc)
+        closed: tuple[int | None, str] = (None, "")
+        try:
+            async with trio.open_nursery() as nursery:
+                closed = await self._session_on(nursery, stream, url.netloc, url.path or "/", task_status)
+                nursery.cancel_scope.cancel()
+        except* trio_websocket.ConnectionRejected as group:  # raised by trio-websocket's reader task
+            status = getattr(group.exceptions[0], "status_code", 0)
+            closed = (4001 if status in (401, 403) else None), f"HTTP {status}"
+        except* (OSError, trio.BrokenResourceError, trio_websocket.HandshakeError) as group:
+            closed = None, str(group.exceptions[0])
+        finally:
+            self._ws = None
+            if self._up.is_set():
+                self._up = trio.Event()
+            self._fail_waiters(ConnectionLost("the connection closed before the answer"))
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+        return closed
+
+    async def _session_on(
+        self,
+        nursery: trio.Nursery,
+        stream: trio.SocketStream,
+        host: str,
+        resource: str,
+        task_status: trio.TaskStatus[None] | None,
+    ) -> tuple[int | None, str]:
         headers = list(self.settings.extra_headers)
         if self.settings.auth == "header":
             headers.append((b"Authorization", b"Bearer " + self.token.encode()))
+        ws = None
         try:
-            async with trio_websocket.open_websocket_url(
-                self.url,
-                extra_headers=headers,
-                message_queue_size=64,
-                max_message_size=_MAX_FRAME,
-                connect_timeout=self.settings.connect_timeout_s,
-                disconnect_timeout=self.settings.connect_timeout_s,
-                receive_buffer_size=65536,
-            ) as ws:
-                with trio.fail_after(self.settings.connect_timeout_s):
-                    await self._handshake(ws)
-                self._ws = ws
-                self.sessions += 1
-                if task_status is not None:
-                    task_status.started()
-                try:
-                    return await self._serve(ws)
-                finally:
-                    await _close_transport(ws)
+            with trio.fail_after(self.settings.connect_timeout_s):
+                ws = await trio_websocket.wrap_client_stream(
+                    nursery,
+                    stream,
+                    host,
+                    resource,
+                    extra_headers=headers,
+                    message_queue_size=64,
+                    max_message_size=_MAX_FRAME,
+                    receive_buffer_size=65536,
+                )
+                await self._handshake(ws)
+            self._ws = ws
+            self.sessions += 1
+            self._up.set()
+            if task_status is not None:
+                task_status.started()
+            return await self._serve(ws)
         except trio_websocket.ConnectionClosed as exc:
             closed = exc.reason
             return (closed.code, closed.reason or "") if closed is not None else (None, "")
         except trio_websocket.ConnectionRejected as exc:
             return (4001 if exc.status_code in (401, 403) else None), f"HTTP {exc.status_code}"
-        except (OSError, trio_websocket.HandshakeError, trio.TooSlowError) as exc:
+        except (OSError, trio.BrokenResourceError, trio_websocket.HandshakeError, trio.TooSlowError) as exc:
             return None, str(exc)
+        except NackError as exc:  # REGISTER refused: retrying would not help
+            self._fatal = exc
+            return 4002, str(exc)
         finally:
-            self._ws = None
-            self._fail_waiters(ConnectionLost("the connection closed before the answer"))
+            if ws is not None:
+                with trio.move_on_after(self.settings.connect_timeout_s) as scope:
+                    scope.shield = True
+                    await ws.aclose()
 
     async def _handshake(self, ws: trio_websocket.WebSocketConnection) -> None:
         if self.settings.auth == "hello":
@@ -373,15 +423,6 @@ class DeviceClient:
         ws = self._ws
         if ws is not None:
             await ws.aclose()
-
-
-async def _close_transport(ws: trio_websocket.WebSocketConnection) -> None:
-    """Close the TCP stream: trio-websocket 0.12.2 leaves it open (a ResourceWarning later) when
-    the server initiated the close and its reader task is cancelled before it sees the EOF."""
-    stream = getattr(ws, "_stream", None)
-    if stream is not None:
-        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await stream.aclose()
 
 
 def _decode(raw: bytes | str) -> FrameView:

@@ -194,14 +194,14 @@ class RelayService:
         try:
             await link.run([self.welcome(link, 0)] if link.principal is not None else [])
         finally:
+            code = link.close_code or 1000
+            self.stats.closes[code] = self.stats.closes.get(code, 0) + 1
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + self.settings.websocket.close_timeout_s
                 await self._cleanup(link)
             self.links.discard(link)
             if self._stopping and not self.links:
                 self._all_closed.set()
-        code = link.close_code or 1000
-        self.stats.closes[code] = self.stats.closes.get(code, 0) + 1
         await link.ws.aclose(code, link.close_reason)
         counters = link.ws.statistics()
         self.stats.bytes_in += counters.bytes_in
