@@ -15,18 +15,21 @@ from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import BadRequest, HTTPException
+from werkzeug.routing.converters import BaseConverter
 
 import node
 from node.api import _admin_routes, _lock_routes, _queue_routes, _registry_routes
 from node.api._context import ApiContext
 from node.api._problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from node.api._problems import from_http, from_node_error, from_validation, problem
-from node.api._schemas import NoContent, PlainText, Problem
+from node.api._schemas import UUID_PATTERN, NoContent, PlainText, Problem
 from node.api._security import after_request, before_request
 from node.errors import NodeError
 from node.logs import logger
 
 log = logger("api")
+
+UUID_PATH_PARAMETERS = frozenset({"device_id", "network_id", "connection_id"})
 
 
 class _Provider(OpenAPIProvider):
@@ -43,6 +46,13 @@ class _Provider(OpenAPIProvider):
         if model is Problem:
             response["content"] = {PROBLEM_CONTENT_TYPE: response["content"].pop("application/json")}
         return response, definitions
+
+    def build_path_parameter(self, name: str, converter: BaseConverter) -> dict[str, Any]:
+        """Document registry ids in paths as UUIDs (the routes take strings and validate them)."""
+        parameter = super().build_path_parameter(name, converter)
+        if name in UUID_PATH_PARAMETERS:
+            parameter["schema"] = {"type": "string", "pattern": UUID_PATTERN}
+        return parameter
 
 
 class _Request(TrioRequest):
