@@ -111,6 +111,9 @@ async def test_openapi_document_covers_every_route(node: LiveNode) -> None:
     assert set(device_in["required"]) == {"device_id", "network_id", "world_type"}
     assert device_in["additionalProperties"] is False  # the same model that validates requests
     assert paths["/healthz"]["get"]["security"] == []
+    [param] = paths["/api/v1/devices/{device_id}"]["get"]["parameters"]
+    assert (param["name"], param["in"], param["required"]) == ("device_id", "path", True)
+    assert param["schema"]["pattern"] == device_in["properties"]["device_id"]["pattern"]  # a UUID
 
 
 async def test_docs_page(node: LiveNode) -> None:
