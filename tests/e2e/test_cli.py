@@ -3,6 +3,7 @@ every subcommand, and a graceful exit on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import signal
@@ -15,24 +16,40 @@ import httpx
 import pytest
 import trio
 
-from node.cli import main
+from node.cli import _parser, main
 from node.config import load_settings
 from store import latest_version, migrate, open_db, schema_version
 from tests.e2e.conftest import Spawn
 from tests.e2e.nodeproc import GRACE_S, CliResult, run_cli, start_node_process
 
-SUBCOMMANDS = [
-    [],
-    ["serve"],
-    ["init"],
-    ["token"],
-    ["token", "create"],
-    ["token", "list"],
-    ["token", "revoke"],
-    ["backup"],
-    ["restore"],
-    ["migrate"],
-]
+
+def command_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every (sub)command of the parser, found by walking it, so new subcommands are covered too."""
+    paths = [prefix]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                paths += command_paths(sub, (*prefix, name))
+    return paths
+
+
+SUBCOMMANDS = [list(path) for path in command_paths(_parser())]
+
+
+def test_the_walk_finds_the_documented_commands() -> None:
+    found = {" ".join(words) for words in SUBCOMMANDS}
+    expected = {
+        "",
+        "serve",
+        "init",
+        "token",
+        "token create",
+        "token list",
+        "token revoke",
+        "backup",
+        "restore",
+    }
+    assert found >= expected | {"migrate"}
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "asgard")
