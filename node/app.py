@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import signal
 import tempfile
 import uuid
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from pydantic import SecretStr
 
 import node
 from node.api import ApiContext, serve_api
@@ -35,6 +37,8 @@ from node.registry import Registry
 from node.relay.service import RelayService
 from node.storage import Storage, open_storage
 from node.tokens import AuditLog, TokenService, bootstrap_admin
+from node.turn import TurnAddresses, TurnService, TurnSettings
+from node.turn.store_users import StoreUsers
 from store import meta
 
 log = logger("node")
@@ -79,6 +83,8 @@ def ephemeral_overrides(data_dir: Path) -> dict[str, Any]:
             overrides[f"{section}.port"] = 0
         if "host" in fields and section != "server":
             overrides[f"{section}.host"] = "127.0.0.1"
+    # Local by construction: a TURN client on this host may relay to peers on this host.
+    overrides["turn.allow_loopback_peers"] = True
     return overrides
 
 
@@ -111,6 +117,15 @@ class StoreLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _stored_secret(conn: Any, key: str) -> str:
+    """A random secret kept in the store's meta table (created on first use)."""
+    value = meta.get(conn, key)
+    if value is None:
+        value = secrets.token_urlsafe(32)
+        meta.put(conn, key, value)
+    return value
 
 
 def _node_identity(conn: Any, now: float) -> tuple[str, str | None]:
@@ -183,6 +198,8 @@ async def _run_services(
     async with trio.open_nursery() as nursery:
         await nursery.start(registry.run)
         await _start_locks(nursery, handle, settings, clock)
+        if settings.turn.enabled:
+            await _start_turn(nursery, handle, settings, clock)
         nursery.start_soon(tokens.run, name="tokens-last-used")
         nursery.start_soon(audit.run, name="audit-writer")
         host = settings.host_for(settings.api.host)
@@ -221,6 +238,29 @@ async def _start_locks(
     handle.extra["locks"] = locks
     handle.api.stats_providers["locks"] = locks.statistics
     handle.extra.setdefault("reload_hooks", []).append(lambda new: locks.apply_settings(new.locks))
+
+
+async def _start_turn(
+    nursery: trio.Nursery, handle: NodeHandle, settings: Settings, clock: WallClock
+) -> None:
+    """Start STUN/TURN. Without a configured REST secret, one generated at first start (kept in the
+    store) signs the credentials of POST /api/v1/turn/credentials, so that endpoint works by default."""
+    stored = await handle.storage.write(_stored_secret, "turn_rest_secret")
+
+    def effective(turn: TurnSettings) -> TurnSettings:
+        return turn if turn.rest_secrets else turn.model_copy(update={"rest_secrets": [SecretStr(stored)]})
+
+    users = StoreUsers(handle.storage, clock)
+    service = TurnService(effective(settings.turn), users=users, default_host=settings.server.host)
+    addresses: TurnAddresses = await nursery.start(service.serve)
+    host, port = (addresses.udp or addresses.tcp)[0]
+    handle.addresses["turn"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    handle.api.turn, handle.api.turn_users = service, users
+    handle.extra["turn"] = service
+    handle.api.stats_providers["turn"] = lambda: service.statistics().as_dict()
+    handle.extra.setdefault("reload_hooks", []).append(
+        lambda new: service.apply_settings(effective(new.turn))
+    )
 
 
 async def _start_relay(

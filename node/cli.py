@@ -65,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     restore = sub.add_parser("restore", help="replace the store with a verified backup (node stopped)")
     restore.add_argument("path", type=Path)
     sub.add_parser("migrate", help="apply pending store migrations and print the schema version")
+    probe = sub.add_parser(
+        "stun-probe", help="ask a STUN server for this host's public address and NAT behaviour (RFC 5780)"
+    )
+    probe.add_argument("server", help="HOST[:PORT] (default port 3478)")
+    probe.add_argument("--timeout", type=float, default=3.0, help="seconds per request (default 3)")
+    probe.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
 
 
@@ -94,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "init":
         return _init(args.path, args.force)
+    if args.command == "stun-probe":
+        return _stun_probe(args.server, args.timeout, args.json)
     path = config_path(args.config)
     if args.command == "serve":
         return _serve(path, args.ephemeral)
@@ -232,6 +240,14 @@ def _migrate(settings: Settings) -> int:
     else:
         print(f"schema is up to date (version {latest_version()})")
     return 0
+
+
+def _stun_probe(server: str, timeout: float, as_json: bool) -> int:
+    from node.turn import format_report, probe_nat
+
+    report = trio.run(lambda: probe_nat(server, timeout_s=timeout))
+    print(json.dumps(report.as_dict()) if as_json else format_report(report))
+    return 0 if report.ok else 1
 
 
 if __name__ == "__main__":

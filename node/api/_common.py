@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+from quart import Response
 from quart_schema import document_response
 
 from node.api._schemas import Problem
@@ -40,3 +41,9 @@ def page_limit(requested: int | None) -> int:
 
 def cursor(value: str | None) -> str | None:
     return None if value is None else v.uuid_id(value, "cursor")
+
+
+def no_content() -> Response:
+    """A fresh 204 per request: after_request adds per-request headers, and a body-less quart Response
+    iterates its body through asyncio, which fails under Trio; an empty bytes body does not."""
+    return Response(b"", status=204)

@@ -14,6 +14,8 @@ from node.ratelimit import RateLimiter
 from node.registry import Registry
 from node.storage import Storage
 from node.tokens import AuditLog, TokenService
+from node.turn import TurnService
+from node.turn.store_users import StoreUsers
 
 
 @dataclass
@@ -32,6 +34,8 @@ class ApiContext:
     stats_providers: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
     state: str = "starting"  # starting | ok | stopping
     locks: LockService | None = None
+    turn: TurnService | None = None
+    turn_users: StoreUsers | None = None
 
     def __post_init__(self) -> None:
         api = self.settings.api

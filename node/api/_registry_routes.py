@@ -5,7 +5,7 @@ from __future__ import annotations
 from quart import Blueprint, Response
 from quart_schema import document_response, tag, validate_querystring, validate_request, validate_response
 
-from node.api._common import cursor, page_limit, problems
+from node.api._common import cursor, no_content, page_limit, problems
 from node.api._schemas import (
     ConnectionIn,
     ConnectionOut,
@@ -33,12 +33,6 @@ from node.registry import DevicePatch, DeviceSpec
 from store.registry import DeviceFilter
 
 bp = Blueprint("registry", __name__, url_prefix="/api/v1")
-
-
-def no_content() -> Response:
-    """A fresh 204 per request: after_request adds per-request headers, and a body-less quart Response
-    iterates its body through asyncio, which fails under Trio; an empty bytes body does not."""
-    return Response(b"", status=204)
 
 
 # ---------------------------------------------------------------- devices

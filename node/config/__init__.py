@@ -7,12 +7,11 @@ from node.config._load import (
     live_fields,
     load_settings,
 )
+from node._section import LIVE, Section
 from node.config._model import (
-    LIVE,
     ApiSettings,
     LoggingSettings,
     RegistrySettings,
-    Section,
     ServerSettings,
     StoreSettings,
 )

@@ -6,16 +6,17 @@ from pathlib import Path
 
 from pydantic import Field
 
+from node._section import Section
 from node.config._model import (
     ApiSettings,
     LoggingSettings,
     RegistrySettings,
-    Section,
     ServerSettings,
     StoreSettings,
 )
 from node.locks.settings import LockSettings
 from node.relay.settings import RelaySettings
+from node.turn.settings import TurnSettings
 
 
 class Settings(Section):
@@ -27,6 +28,7 @@ class Settings(Section):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     locks: LockSettings = Field(default_factory=LockSettings)
+    turn: TurnSettings = Field(default_factory=TurnSettings)
     relay: RelaySettings = Field(default_factory=RelaySettings)
 
     def store_path(self) -> Path:

@@ -281,6 +281,11 @@ class TurnService:
         event(log, logging.INFO, "TURN settings applied", revoked_permissions=revoked, restart_needed=cold)
         return cold
 
+    @property
+    def realm(self) -> str:
+        """The long-term credential realm in force."""
+        return self._settings.realm
+
     def issue_credential(self, user: str, *, ttl_s: int | None = None) -> TurnCredential:
         """A TURN REST credential for `user` (a device id) and the URIs to use it with.
 
