@@ -9,7 +9,6 @@ cancelled. Storage closes last, after every service has flushed what it buffers.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import secrets
 import signal
@@ -29,13 +28,12 @@ import node
 from node.api import ApiContext, serve_api
 from node.clock import WallClock
 from node.config import ConfigWatcher, Settings
-from node.errors import StoreError
 from node.locks import LockService, serve_locks
 from node.locks.sqlite_journal import SqliteLockJournal
 from node.logs import Logs, event, logger
 from node.registry import Registry
 from node.relay.service import RelayService
-from node.storage import Storage, open_storage
+from node.storage import Storage, StoreLock, open_storage
 from node.tokens import AuditLog, TokenService, bootstrap_admin
 from node.turn import TurnAddresses, TurnService, TurnSettings
 from node.turn.store_users import StoreUsers
@@ -92,31 +90,6 @@ def ephemeral_overrides(data_dir: Path) -> dict[str, Any]:
 async def temporary_data_dir() -> AsyncIterator[Path]:
     with tempfile.TemporaryDirectory(prefix="asgard-ephemeral-") as tmp:
         yield Path(tmp)
-
-
-class StoreLock:
-    """An exclusive advisory lock next to the database: one node per store, and no restore under a
-    running node."""
-
-    def __init__(self, db_path: Path) -> None:
-        self.path = Path(str(db_path) + ".lock")
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        """Raises StoreError when another process holds the lock."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreError(f"{self.path}: the store is in use by another Asgard process") from None
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 def _stored_secret(conn: Any, key: str) -> str:

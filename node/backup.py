@@ -8,8 +8,8 @@ from pathlib import Path
 
 import apsw
 
-from node.app import StoreLock
 from node.errors import InvalidInput, StoreError
+from node.storage import StoreLock
 from store import integrity_ok, latest_version, migrate, open_db, schema_version
 
 

@@ -17,6 +17,8 @@ on its own connection while writes continue.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -76,9 +78,7 @@ class Storage:
         self.stats = StorageStats()
 
     # ------------------------------------------------------------------ reads
-    def read(
-        self, fn: Callable[Concatenate[apsw.Connection, P], T], *args: P.args, **kwargs: P.kwargs
-    ) -> T:
+    def read(self, fn: Callable[Concatenate[apsw.Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `fn(conn, *args, **kwargs)` inline in one read transaction (a consistent snapshot)."""
         conn = self._reader
         try:
@@ -257,3 +257,28 @@ async def open_storage(path: Path, settings: StoreSettings) -> AsyncIterator[Sto
                 nursery.cancel_scope.cancel()
     finally:
         await storage._stop()
+
+
+class StoreLock:
+    """An exclusive advisory lock next to the database: one node per store, and no restore under a
+    running node."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.path = Path(str(db_path) + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Raises StoreError when another process holds the lock."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(f"{self.path}: the store is in use by another Asgard process") from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

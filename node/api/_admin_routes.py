@@ -34,6 +34,7 @@ from node.api._schemas import (
 )
 from node.api._security import ctx, principal
 from node.auth import Action, Role
+from node.errors import PermissionDenied
 from node.registry import _validate as v
 
 bp = Blueprint("admin", __name__)
@@ -180,8 +181,12 @@ async def readyz() -> tuple[dict[str, Any], int]:
 @problems()
 @document_response(PlainText, 200)
 async def metrics() -> Response:
-    """Prometheus text exposition of the node's counters. Any role."""
-    principal().require(Action.READ)
+    """Prometheus text exposition of the node's counters. Tokens not limited to networks only (the
+    figures are node-wide)."""
+    who = principal()
+    who.require(Action.READ)
+    if who.scope is not None:
+        raise PermissionDenied("node-wide metrics need a token that is not limited to networks")
     return Response(render_metrics(ctx()), content_type="text/plain; version=0.0.4; charset=utf-8")
 
 

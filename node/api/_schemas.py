@@ -78,7 +78,9 @@ class DevicePatchIn(Body):
 
 class DeviceOut(BaseModel):
     device_id: str
-    network_id: str
+    network_id: str | None = Field(
+        description="Primary network; null when it is outside your token's networks."
+    )
     networks: list[str]
     name: str
     world_type: str
@@ -93,7 +95,7 @@ class DeviceOut(BaseModel):
     def of(cls, d: records.Device) -> DeviceOut:
         return cls(
             device_id=d.device_id,
-            network_id=d.network_id,
+            network_id=d.network_id or None,
             networks=list(d.networks),
             name=d.name,
             world_type=d.world_type,

@@ -53,6 +53,15 @@ class ApiSettings(Section):
     )
     page_size_default: int = Field(50, ge=1, le=10_000, description="Default list page size.")
     page_size_max: int = Field(500, ge=1, le=10_000, description="Largest list page size.")
+
+    @field_validator("page_size_max")
+    @classmethod
+    def _max_not_below_default(cls, value: int, info: Any) -> int:
+        default = info.data.get("page_size_default")
+        if default is not None and value < default:
+            raise ValueError("must be at least page_size_default")
+        return value
+
     rate_per_token: float = Field(
         200.0, gt=0, description="Sustained requests per second per token.", json_schema_extra=LIVE
     )

@@ -110,7 +110,24 @@ class Registry:
 
     # ------------------------------------------------------------------ devices: reads
     def get_device(self, who: Principal, device_id: str) -> records.Device:
-        """Raises NotFound when absent or outside the caller's networks."""
+        """The device as `who` may see it. Raises NotFound when absent or outside its networks."""
+        return self.redact(who, self._lookup(who, device_id))
+
+    @staticmethod
+    def redact(who: Principal, device: records.Device) -> records.Device:
+        """Hide the networks outside `who`'s scope: their ids are not this caller's business. A
+        hidden primary network reads as "" (the API shows null)."""
+        scope = who.scope
+        if scope is None:
+            return device
+        networks = tuple(n for n in device.networks if n in scope)
+        primary = device.network_id if device.network_id in scope else ""
+        if networks == device.networks and primary == device.network_id:
+            return device
+        return replace(device, networks=networks, network_id=primary)
+
+    def _lookup(self, who: Principal, device_id: str) -> records.Device:
+        """The full record of a device `who` may see (for checks before writes)."""
         who.require(Action.READ)
         device_id = v.uuid_id(device_id, "device_id")
         device = self._storage.read(q.get_device, device_id)
@@ -128,7 +145,7 @@ class Registry:
         flt = replace(flt, scope=who.scope)
         rows = self._storage.read(q.list_devices, flt, after=after, limit=limit + 1)
         cursor = rows[limit - 1].device_id if len(rows) > limit else None
-        return [self._overlay(d) for d in rows[:limit]], cursor
+        return [self.redact(who, self._overlay(d)) for d in rows[:limit]], cursor
 
     def _overlay(self, device: records.Device) -> records.Device:
         seen = self._pending_seen.get(device.device_id)
@@ -180,7 +197,7 @@ class Registry:
         return device, created
 
     async def update_device(self, who: Principal, device_id: str, patch: DevicePatch) -> records.Device:
-        current = self.get_device(who, device_id)
+        current = self._lookup(who, device_id)
         self._require_write(who, current.device_id, current.network_id)
         s = self._settings
         changes: dict[str, Any] = {"updated_at": self._clock.now()}
@@ -197,7 +214,7 @@ class Registry:
         return self._overlay(device)
 
     async def unregister_device(self, who: Principal, device_id: str) -> None:
-        current = self.get_device(who, device_id)
+        current = self._lookup(who, device_id)
         self._require_write(who, current.device_id, current.network_id)
         await self._storage.write(_delete_device, current.device_id)
         self._tracker.forget(current.device_id)
@@ -206,7 +223,7 @@ class Registry:
 
     async def heartbeat(self, who: Principal, device_id: str) -> records.Device:
         """A sign of life: last_seen moves, the device is online again."""
-        current = self.get_device(who, device_id)
+        current = self._lookup(who, device_id)
         self._require_write(who, current.device_id, current.network_id)
         return await self.seen(current)
 
@@ -307,13 +324,13 @@ class Registry:
     async def add_member(self, who: Principal, network_id: str, device_id: str) -> records.Device:
         who.require(Action.WRITE_REGISTRY)
         network = self.get_network(who, network_id)
-        device = self.get_device(who, device_id)
+        device = self._lookup(who, device_id)
         return await self._storage.write(_add_member, network.network_id, device.device_id, self._clock.now())
 
     async def remove_member(self, who: Principal, network_id: str, device_id: str) -> None:
         who.require(Action.WRITE_REGISTRY)
         network = self.get_network(who, network_id)
-        device = self.get_device(who, device_id)
+        device = self._lookup(who, device_id)
         await self._storage.write(_remove_member, network.network_id, device.device_id)
 
     def topology(self, who: Principal, network_id: str, *, limit: int) -> Topology:
@@ -330,7 +347,7 @@ class Registry:
             after=None,
             limit=limit,
         )
-        return Topology(network, [self._overlay(d) for d in devices], conns)
+        return Topology(network, [self.redact(who, self._overlay(d)) for d in devices], conns)
 
     # ------------------------------------------------------------------ connections
     def get_connection(self, who: Principal, connection_id: str) -> records.Connection:
@@ -375,9 +392,9 @@ class Registry:
     async def open_connection(
         self, who: Principal, source_device_id: str, target_device_id: str | None, *, kind: str = "link"
     ) -> records.Connection:
-        source = self.get_device(who, source_device_id)
+        source = self._lookup(who, source_device_id)
         self._require_write(who, source.device_id, source.network_id)
-        target = self.get_device(who, target_device_id) if target_device_id else None
+        target = self._lookup(who, target_device_id) if target_device_id else None
         if target is not None and target.device_id == source.device_id:
             raise InvalidInput("target_device_id: a device cannot connect to itself")
         now = self._clock.now()

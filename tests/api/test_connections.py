@@ -79,7 +79,7 @@ async def test_open_rejects_bad_input(admin: httpx.AsyncClient) -> None:
 
 
 async def test_list_filters_and_pages(start_node: StartNode) -> None:
-    node = await start_node(**{"api.page_size_max": 3})
+    node = await start_node(**{"api.page_size_default": 3, "api.page_size_max": 3})
     admin = node.admin()
     home, office = await create_network(admin, "home"), await create_network(admin, "office")
     a, b = (await register(admin, home))["device_id"], (await register(admin, home))["device_id"]

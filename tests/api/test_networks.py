@@ -159,7 +159,7 @@ async def test_topology_lists_devices_and_open_connections(admin: httpx.AsyncCli
 
 
 async def test_network_pages_cover_every_network_once(start_node: StartNode) -> None:
-    node = await start_node(**{"api.page_size_max": 4})
+    node = await start_node(**{"api.page_size_default": 4, "api.page_size_max": 4})
     admin = node.admin()
     expected = sorted([await create_network(admin, f"n{i}") for i in range(9)])
     seen: list[str] = []
