@@ -328,9 +328,13 @@ class StreamCall(Generic[Out, In]):
         """The next message from Trio, or `EndOfPipe` when Trio is done sending."""
         return await self._down.get()
 
-    def ack(self) -> None:
-        """The last message was written to the client: give its credit back (batched)."""
-        self._down.ack()
+    def next_nowait(self) -> Out | None:
+        """The next message from Trio if one is already here, else None."""
+        return self._down.get_nowait()
+
+    def ack(self, count: int = 1) -> None:
+        """Messages were written to the client: give their credits back (batched)."""
+        self._down.ack(count)
 
     async def put(self, value: In) -> bool:
         """Pass a client message to Trio (waits for credit); False if Trio stopped reading."""

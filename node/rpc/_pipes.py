@@ -137,9 +137,13 @@ class ToIsland(Generic[T]):
                 self._waiter = None
         return self._items.popleft()
 
-    def ack(self) -> None:
-        """Mark one message as consumed, giving its credit back in batches (island)."""
-        self._unacked += 1
+    def get_nowait(self) -> T | None:
+        """The next message if one is buffered, else None (island)."""
+        return self._items.popleft() if self._items else None
+
+    def ack(self, count: int = 1) -> None:
+        """Mark messages as consumed, giving their credits back in batches (island)."""
+        self._unacked += count
         if self._unacked >= _credit_batch(self._window):
             self._posts.to_trio(self._trio_credit, self._unacked)
             self._unacked = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -21,6 +22,8 @@ from node.rpc._gate import Stream
 from node.rpc._pipes import EndOfPipe
 
 Msg = TypeVar("Msg")
+_PREFIX = struct.Struct(">BI")  # gRPC over HTTP/2: compressed flag, message length
+_MAX_BATCH = 64
 
 
 async def request(stream: Stream) -> Any:
@@ -32,16 +35,41 @@ async def request(stream: Stream) -> Any:
 
 
 async def pump_out(stream: Stream, call: StreamCall[Any, Any], convert: Callable[[Any], Any]) -> None:
-    """Write what the Trio side sends until it returns; raise what it raised."""
+    """Write what the Trio side sends until it returns; raise what it raised.
+
+    Messages that are already waiting go out together in one HTTP/2 write.
+    """
     try:
         while not isinstance(item := await call.next(), EndOfPipe):
-            await stream.send_message(convert(item))
-            call.ack()
+            batch = [convert(item)]
+            while len(batch) < _MAX_BATCH and (more := call.next_nowait()) is not None:
+                batch.append(convert(more))
+            await _send_messages(stream, batch)
+            call.ack(len(batch))
         _raise_error(item)
         await call.result()
     except BaseException:
         call.cancel()
         raise
+
+
+async def _send_messages(stream: Stream, messages: list[Any]) -> None:
+    """Send messages as one DATA write (gRPC Length-Prefixed-Messages back to back)."""
+    if len(messages) == 1:
+        await stream.send_message(messages[0])
+        return
+    if not stream._send_initial_metadata_done:
+        await stream.send_initial_metadata()
+    # grpclib 0.4 internals: the codec, the HTTP/2 stream and the message counters.
+    encode = stream._codec.encode
+    parts = []
+    for message in messages:
+        body = encode(message, stream._send_type)
+        parts.append(_PREFIX.pack(0, len(body)))
+        parts.append(body)
+    await stream._stream.send_data(b"".join(parts))
+    stream._send_message_done = True
+    stream._messages_sent += len(messages)
 
 
 def _raise_error(end: EndOfPipe) -> None:
