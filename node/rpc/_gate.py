@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import grpclib.const
 import grpclib.server
 from grpclib.const import Cardinality, Status
-from grpclib.exceptions import GRPCError
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 from h2.exceptions import StreamClosedError
 
 from node.errors import NodeError, Unauthenticated
@@ -163,8 +163,10 @@ class Gate:
                 context.on_drain = functools.partial(_cancel_task, task)
             self._active[task] = context
             await method.func(stream, context)
-        except (GRPCError, asyncio.CancelledError):
-            raise
+        except (GRPCError, asyncio.CancelledError, StreamTerminatedError):
+            raise  # grpclib answers these itself (or the client is gone)
+        except StreamClosedError:
+            log.debug("%s: the client closed the stream", method.name)
         except Exception as exc:
             await _fail(stream, exc)
         finally:
@@ -233,7 +235,7 @@ async def _fail(stream: Stream, exc: Exception) -> None:
         await stream.send_trailing_metadata(
             status=error.status, status_message=error.message, metadata=metadata
         )
-    except (StreamClosedError, grpclib.exceptions.ProtocolError):
+    except (StreamClosedError, grpclib.exceptions.ProtocolError, StreamTerminatedError):
         log.debug("could not send the error status: the stream is closed")
 
 
