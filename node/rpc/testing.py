@@ -52,6 +52,7 @@ class MemoryBackend:
         self.waiting = 0
         """Unary calls sleeping in `delay_s` right now."""
         self._waiting_changed = trio.Event()
+        self._watchers_changed = trio.Event()
         self.revision = 1
         self._revised = trio.Event()
         self._status_watchers: list[tuple[model.StatusWatch, trio.MemorySendChannel[model.StatusEvent]]] = []
@@ -80,6 +81,12 @@ class MemoryBackend:
         self.waiting = count
         self._waiting_changed.set()
         self._waiting_changed = trio.Event()
+
+    async def wait_until_status_watchers(self, count: int) -> None:
+        """Return once exactly `count` WatchStatus streams are open on the node side."""
+        while len(self._status_watchers) != count:
+            await self._watchers_changed.wait()
+            self._watchers_changed = trio.Event()
 
     async def wait_until_waiting(self, count: int) -> None:
         """Return once exactly `count` unary calls are sleeping in `delay_s`."""
@@ -196,6 +203,7 @@ class MemoryBackend:
         send, receive = trio.open_memory_channel[model.StatusEvent](256)
         entry = (query, send)
         self._status_watchers.append(entry)
+        self._watchers_changed.set()
         try:
             if query.send_initial:
                 for d in sorted(self.devices.values(), key=lambda d: d.device_id):
@@ -207,6 +215,7 @@ class MemoryBackend:
                 await events.send(event)
         finally:
             self._status_watchers.remove(entry)
+            self._watchers_changed.set()
 
     def _status_changed(
         self, record: model.DeviceRecord, previous: model.DeviceStatusName | None, now: float

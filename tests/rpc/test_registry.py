@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import grpc
+import trio
 
 from node.rpc import model
 from node.rpc.testing import MemoryBackend
@@ -166,6 +167,18 @@ async def test_watch_status_streams_changes(client: Client) -> None:
         assert (change.status, change.previous) == (r.DEVICE_STATUS_UNREGISTERED, r.DEVICE_STATUS_ONLINE)
     finally:
         events.cancel()
+
+
+async def test_a_client_cancelling_a_watch_ends_it_on_the_node(
+    client: Client, backend: MemoryBackend
+) -> None:
+    r = client.stubs.registry
+    events = client.registry.WatchStatus(r.WatchStatusRequest(), metadata=ADMIN_MD, timeout=10)
+    with trio.fail_after(5):
+        await backend.wait_until_status_watchers(1)
+    events.cancel()
+    with trio.fail_after(5):
+        await backend.wait_until_status_watchers(0)
 
 
 async def test_capabilities_snapshot_and_watch(client: Client) -> None:
