@@ -116,6 +116,9 @@ class DeviceClient:
         self._stopping = False
         self._fatal: NackError | None = None
         self._up = trio.Event()  # set while a session is registered
+        self._close_requested = trio.Event()
+        self._running = False
+        self._finished = trio.Event()
 
     async def wait_connected(self) -> None:
         """Wait until a session is registered (at once when one is)."""
@@ -129,6 +132,7 @@ class DeviceClient:
         """
         delay = self.settings.backoff_initial_s
         started = False
+        self._running = True
         try:
             while not self._stopping:
                 code, reason = await self._one_session(task_status if not started else None)
@@ -140,9 +144,12 @@ class DeviceClient:
                     if not started:
                         raise self._fatal or self.ended
                     return
-                await trio.sleep(delay * (0.5 + random.random() / 2))  # equal jitter
+                with trio.move_on_after(delay * (0.5 + random.random() / 2)):  # equal jitter
+                    await self._close_requested.wait()
                 delay = min(delay * 2, self.settings.backoff_max_s)
         finally:
+            self._running = False
+            self._finished.set()
             self._inbox_send.close()
             self._events_send.close()
 
@@ -260,6 +267,7 @@ class DeviceClient:
         """Read until the connection closes; return the close (code, reason)."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._heartbeats, ws)
+            nursery.start_soon(self._close_when_asked, ws)
             try:
                 await self._read(ws)
             except trio_websocket.ConnectionClosed as exc:
@@ -268,6 +276,11 @@ class DeviceClient:
             finally:
                 nursery.cancel_scope.cancel()
         return None, ""
+
+    async def _close_when_asked(self, ws: trio_websocket.WebSocketConnection) -> None:
+        """Run the close handshake from inside the session, where trio-websocket's reader lives."""
+        await self._close_requested.wait()
+        await ws.aclose()
 
     async def _heartbeats(self, ws: trio_websocket.WebSocketConnection) -> None:
         assert self.welcome is not None
@@ -418,11 +431,12 @@ class DeviceClient:
 
     # ------------------------------------------------------------------ closing
     async def aclose(self) -> None:
-        """Close the connection normally and stop reconnecting."""
+        """Close the connection normally (1000), stop reconnecting, wait for `run` to return."""
         self._stopping = True
-        ws = self._ws
-        if ws is not None:
-            await ws.aclose()
+        self._close_requested.set()
+        if self._running:
+            with trio.move_on_after(self.settings.connect_timeout_s + 1):
+                await self._finished.wait()
 
 
 def _decode(raw: bytes | str) -> FrameView:

@@ -83,8 +83,8 @@ class Outbox:
         self.wake()
 
     async def take(self) -> list[bytes]:
-        """Wait until frames are queued (or `wake`/`close` was called); return them all."""
-        if not self.frames and not self._woken:
+        """Wait until frames are queued (or `wake` was called, or it is closed); return them all."""
+        if not self.frames and not self._woken and not self.closed:
             self._waiter = trio.lowlevel.current_task()
             await trio.lowlevel.wait_task_rescheduled(self._abort)
         else:

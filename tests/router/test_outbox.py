@@ -96,3 +96,12 @@ def test_room_reports_what_still_fits(size: int) -> None:
     box = Outbox(5, 100)
     box.offer(b"x" * size)
     assert box.room() == (4, 100 - size)
+
+
+async def test_a_closed_outbox_never_makes_the_writer_wait() -> None:
+    box = Outbox(10, 1000)
+    box.close()
+    box.put_control(b"last words")  # after the close woke the writer
+    assert await box.take() == [b"last words"]
+    with trio.fail_after(1):
+        assert await box.take() == []
