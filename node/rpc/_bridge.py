@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
@@ -223,10 +224,10 @@ class Bridge:
     async def _trio_run(self, call: _Call) -> None:
         result: outcome.Outcome[Any] = _shutting_down()
         try:
-            with trio.CancelScope() as scope:
+            timeout_s = call.timeout_s
+            deadline = math.inf if timeout_s is None else trio.current_time() + timeout_s
+            with trio.CancelScope(deadline=deadline) as scope:
                 call.scope = scope
-                if call.timeout_s is not None:
-                    scope.deadline = trio.current_time() + call.timeout_s
                 if call.cancel_result is not None:
                     scope.cancel()
                 try:
