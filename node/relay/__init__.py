@@ -1,18 +1,13 @@
 """The WebSocket relay: device sessions, routing through `node.router`, the offline queue.
 
-The settings are imported eagerly (node.config embeds them); the service on first use, because
-it imports node.config itself.
+The settings are imported eagerly; the service on first use: `node.config` embeds RelaySettings,
+and the service imports `node.config`, so an eager import here would be a cycle.
 """
 
 from typing import TYPE_CHECKING, Any
 
-import node.config  # noqa: F401 - initialise the config package first (it embeds RelaySettings): see _shim
-from node.relay._shim import bind_config_names
-
-bind_config_names()
-
-from node.relay._wssettings import WsSettings  # noqa: E402
-from node.relay.settings import QueueSettings, RelaySettings  # noqa: E402
+from node.relay._wssettings import WsSettings
+from node.relay.settings import QueueSettings, RelaySettings
 
 if TYPE_CHECKING:
     from node.relay._link import DeviceLink, FrameHandler

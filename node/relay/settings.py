@@ -13,13 +13,9 @@ from typing import Any, Literal, Self
 
 from pydantic import Field, model_validator
 
-from node.relay._shim import bind_config_names
-
-bind_config_names()  # before the engine's settings module: see node.relay._shim
-
-from node._section import LIVE, Section  # noqa: E402
-from node.relay._wssettings import WsSettings  # noqa: E402
-from wire.device import HEADER_BYTES  # noqa: E402
+from node._section import LIVE, Section
+from node.relay._wssettings import WsSettings
+from wire.device import HEADER_BYTES
 
 
 class QueueSettings(Section):

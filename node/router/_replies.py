@@ -1,22 +1,8 @@
-"""ACK and NACK frames the node sends, built with one `struct.pack` (docs/protocol.md §4)."""
+"""ACK and NACK frames the node sends (docs/protocol.md §4), with a default text for each reason."""
 
 from __future__ import annotations
 
-import struct
-
-from wire.device import (
-    HEADER,
-    MAX_NACK_DETAIL_BYTES,
-    PROTOCOL_VERSION,
-    ZERO_ID,
-    AckStatus,
-    FrameType,
-    NackReason,
-)
-
-_ACK_PAYLOAD = struct.Struct("!BBH")
-_NACK_REASON = struct.Struct("!H")
-_ACK_ONE: dict[int, bytes] = {status: _ACK_PAYLOAD.pack(status, 0, 1) for status in AckStatus}
+from wire.device import NackReason, encode_ack_frame, encode_nack_frame
 
 # What a NACK says when the caller gives no detail of its own.
 DEFAULT_DETAILS: dict[int, str] = {
@@ -41,13 +27,9 @@ DEFAULT_DETAILS: dict[int, str] = {
 
 def ack_frame(message_id: int, destination: bytes, status: int, recipients: int = 1) -> bytes:
     """An ACK for `message_id`, addressed to `destination` (the sender)."""
-    payload = _ACK_ONE[status] if recipients == 1 else _ACK_PAYLOAD.pack(status, 0, min(recipients, 0xFFFF))
-    return HEADER.pack(PROTOCOL_VERSION, FrameType.ACK, 0, message_id, ZERO_ID, destination, 4) + payload
+    return encode_ack_frame(message_id, destination, status, min(recipients, 0xFFFF))  # type: ignore[arg-type]
 
 
 def nack_frame(message_id: int, destination: bytes, reason: int, detail: str = "") -> bytes:
-    """A NACK for `message_id`; the detail defaults to the reason's usual text, cut to 1024 bytes."""
-    text = (detail or DEFAULT_DETAILS.get(reason, "")).encode("utf-8")[:MAX_NACK_DETAIL_BYTES]
-    text = text.decode("utf-8", "ignore").encode("utf-8")
-    header = HEADER.pack(PROTOCOL_VERSION, FrameType.NACK, 0, message_id, ZERO_ID, destination, 2 + len(text))
-    return header + _NACK_REASON.pack(reason) + text
+    """A NACK for `message_id`; the detail defaults to the reason's usual text (cut to 1024 bytes)."""
+    return encode_nack_frame(message_id, destination, reason, detail or DEFAULT_DETAILS.get(reason, ""))

@@ -1,0 +1,1 @@
+"""Benchmark of the WebSocket relay against the anchor relay (`python -m bench.relay`)."""
