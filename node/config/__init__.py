@@ -1,5 +1,6 @@
 """Node settings: schema, loading with precise errors, default config rendering."""
 
+from node._section import LIVE, Section
 from node.config._load import (
     Loaded,
     SettingsError,
@@ -7,7 +8,6 @@ from node.config._load import (
     live_fields,
     load_settings,
 )
-from node._section import LIVE, Section
 from node.config._model import (
     ApiSettings,
     LoggingSettings,
