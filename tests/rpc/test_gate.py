@@ -186,3 +186,24 @@ async def test_live_settings_change_the_limit(client: Client, rpc: Running) -> N
     await island.run(asyncio.sleep, 0)  # jobs are handed over in order: the settings arrived
     error = await client.error(client.registry.RegisterDevice, request, metadata=ADMIN_MD)
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
+
+
+def test_every_node_error_maps_to_its_own_status() -> None:
+    from grpclib.const import Status
+
+    from node.errors import NodeError, NotFound
+    from node.rpc._gate import grpc_error
+
+    for cls in _subclasses(NodeError):
+        error = grpc_error(cls("detail"))
+        assert error.status == Status[cls.grpc_status], cls
+        assert error.message == "detail"
+    nested = ExceptionGroup("outer", [ExceptionGroup("nursery", [NotFound("no such device")])])
+    assert grpc_error(nested).status == Status.NOT_FOUND  # Trio nurseries wrap single errors
+    grouped = grpc_error(ExceptionGroup("nursery", [NotImplementedError("x")]))
+    assert grouped.status == Status.INTERNAL
+    assert grouped.message == "internal error"  # no internals leak to the client

@@ -19,6 +19,7 @@ import trio
 from grpclib.const import Status
 
 from node.errors import (
+    Aborted,
     Conflict,
     InvalidInput,
     NodeError,
@@ -39,6 +40,7 @@ _BY_STATUS: dict[Status, type[NodeError]] = {
     Status.INVALID_ARGUMENT: InvalidInput,
     Status.ALREADY_EXISTS: Conflict,
     Status.RESOURCE_EXHAUSTED: ResourceExhausted,
+    Status.ABORTED: Aborted,
 }
 
 
