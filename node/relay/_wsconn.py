@@ -12,7 +12,10 @@ call, which costs a scheduler pass per read and per write on the hot path.
 
 Threading model: one task reads (`receive_batch`), any number of tasks may write (`send_batch` is
 serialised by a flag and a parking lot; the uncontended path does not yield). Pongs and close
-replies are written by the reader through the same path.
+replies are written by the reader through the same path. `send_batch_nowait` lets a router write
+from its own task without ever waiting: it writes what the kernel takes and keeps the rest of a
+cut frame (`write_pending`) for the next `send_batch`, which finishes it before anything else. The
+same "tail" keeps a write that is cancelled half way from leaving a torn frame on the stream.
 
 Keepalive has no per-connection task or timer: the engine's sweeper (`WsEngine.run_keepalive`)
 calls `check_keepalive(now)` on every open connection; after `ping_interval_s` without a received
@@ -101,6 +104,7 @@ class WsConnection:
         "_sent_close",
         "_sock",
         "_stats",
+        "_tail",
         "_write_waiters",
         "_writing",
         "peer",
@@ -132,6 +136,7 @@ class WsConnection:
         self._sent_close = False
         self._reading = False
         self._greedy_reads = 0
+        self._tail: list[bytes | memoryview] = []  # the unsent rest of frames already begun
         self._last_rx = trio.current_time()
         self._ping_sent_at = -1.0
         engine.connections.add(self)
@@ -223,7 +228,7 @@ class WsConnection:
         if self._ping_sent_at > self._last_rx:
             if now - self._ping_sent_at >= settings.pong_timeout_s:
                 self.close_nowait(CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
-        elif now - self._last_rx >= settings.ping_interval_s and not self._writing:
+        elif now - self._last_rx >= settings.ping_interval_s and not self._writing and not self._tail:
             self._ping_sent_at = now
             self._stats[6] += 1
             ping = encode_control_frame(OP_PING)
@@ -284,6 +289,44 @@ class WsConnection:
         self._stats[3] += size
         await self._write_frames(iov, size)
 
+    def send_batch_nowait(self, messages: Sequence[bytes]) -> bool:
+        """Write `messages` now without waiting, if no other write is in progress.
+
+        Returns False, having written nothing, while another task writes or an earlier write's
+        rest is pending. Otherwise the messages belong to the connection (True): the kernel took
+        them, or took part and the rest waits in `write_pending` for the next `send_batch` (an
+        empty one will do). Raises `ConnectionClosed` when closed.
+        """
+        if self._closed is not None or self._sent_close:
+            raise self._closed or ConnectionClosed(CLOSE_NORMAL, "closing", local=True)
+        if self._writing or self._tail or len(messages) * 2 > IOV_MAX:
+            return False
+        iov: list[bytes | memoryview] = []
+        size = 0
+        for message in messages:
+            header = encode_binary_header(len(message))
+            iov.append(header)
+            iov.append(message)
+            size += len(header) + len(message)
+        try:
+            sent = self._sock.sendmsg(iov)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._lost(f"send failed: {exc.strerror or exc}")
+            raise self._closed or ConnectionClosed(CLOSE_ABNORMAL, "", local=True) from None
+        self._stats[2] += len(messages)
+        self._stats[3] += size
+        self._stats[5] += 1
+        if sent < size:
+            self._tail = _advance(iov, sent)
+        return True
+
+    @property
+    def write_pending(self) -> bool:
+        """True while part of a frame is written and its rest waits for the next `send_batch`."""
+        return bool(self._tail)
+
     async def _write_frames(self, iov: list[bytes | memoryview], size: int = -1) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         while self._writing:  # one writer at a time; frames of two batches never interleave
@@ -299,6 +342,8 @@ class WsConnection:
     async def _write_locked(self, iov: list[bytes | memoryview], size: int) -> None:
         if self._closed is not None:
             raise self._closed
+        if self._tail:  # the rest of frames already begun goes first
+            iov, size, self._tail = self._tail + iov, -1, []
         while iov:
             chunk = iov if len(iov) <= IOV_MAX else iov[:IOV_MAX]
             try:
@@ -314,7 +359,11 @@ class WsConnection:
             size = -1  # unknown after a partial write; _advance finds the rest
             rest = _advance(iov, sent)
             if rest and (chunk is iov or sent < sum(map(len, chunk))):
-                await self._wait_writable()  # the kernel took less than offered: buffer full
+                try:
+                    await self._wait_writable()  # the kernel took less than offered: buffer full
+                except BaseException:
+                    self._tail = rest  # cancelled half way: finish this frame before any other
+                    raise
             iov = rest
 
     async def _wait_writable(self) -> None:
@@ -359,7 +408,7 @@ class WsConnection:
         """Send a close frame if the socket takes it at once, then close TCP (for cancellation)."""
         if self._closed is not None:
             return
-        if not self._sent_close and not self._writing:
+        if not self._sent_close and not self._writing and not self._tail:
             self._sent_close = True
             with contextlib.suppress(OSError):
                 self._sock.send(encode_close(code, reason))
