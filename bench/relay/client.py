@@ -11,6 +11,9 @@ Roles (each prints "READY" once connected, then one JSON line when done):
   slow      connects, then never reads again, until stdin closes
   flood     sends `--size` messages to `--peer` without pause until stdin closes (reads what
             comes back so its own connection never stalls)
+  rawpub    like publish, but a plain socket writes prebuilt frames in large writes (no client
+            library: the relay's own forwarding rate)
+  rawsub    like subscribe, on a plain socket that only counts frames
 
 For the anchor (../shared/anchors/ws_relay.py) a message is the payload alone and the room is the
 URL path. For Asgard a message is a device frame: a 48-byte header (DIRECT, best effort, no ACK
@@ -24,11 +27,13 @@ import argparse
 import asyncio
 import json
 import resource
+import socket
 import struct
 import sys
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlparse
 
 import uvloop
 from websockets.asyncio.client import ClientConnection, connect
@@ -271,6 +276,107 @@ async def flood(args: argparse.Namespace) -> dict[str, Any]:
     return {"sent": sent, "refused": refused}
 
 
+def raw_connect(end: Endpoint) -> socket.socket:
+    """A blocking socket after the upgrade (and, for Asgard, WELCOME and REGISTER)."""
+    target = urlparse(end.args.url)
+    sock = socket.create_connection((target.hostname, target.port), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    auth = f"Authorization: Bearer {end.args.token}\r\n" if end.asgard else ""
+    sock.sendall(
+        f"GET {target.path} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise SystemExit(f"upgrade refused: {head[:40]!r}")
+    if end.asgard:
+        read_frames(sock, bytearray(), 1)  # WELCOME
+        body = json.dumps(
+            {
+                "device_id": str(end.me),
+                "network_id": end.args.network,
+                "name": "bench",
+                "world_type": "physical",
+            }
+        ).encode()
+        sock.sendall(masked(HEADER.pack(1, REGISTER, 0, 1, end.me.bytes, bytes(16), len(body)) + body))
+        read_frames(sock, bytearray(), 1)  # REGISTERED
+    return sock
+
+
+def masked(message: bytes) -> bytes:
+    """A client frame with an all-zero mask (the payload stays as it is)."""
+    n = len(message)
+    head = bytes((0x82, 0x80 | n)) if n < 126 else struct.pack("!BBH", 0x82, 0x80 | 126, n)
+    return head + bytes(4) + message
+
+
+def read_frames(sock: socket.socket, buf: bytearray, count: int) -> int:
+    """Read until `count` whole server frames have arrived; returns how many were read."""
+    got = 0
+    while got < count:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        buf += chunk
+        pos = 0
+        while len(buf) - pos >= 2:
+            n = buf[pos + 1] & 0x7F
+            start = 2 + (2 if n == 126 else 8 if n == 127 else 0)
+            if len(buf) - pos < start:
+                break
+            if n == 126:
+                n = struct.unpack_from("!H", buf, pos + 2)[0]
+            elif n == 127:
+                n = struct.unpack_from("!Q", buf, pos + 2)[0]
+            if len(buf) - pos < start + n:
+                break
+            pos += start + n
+            got += 1
+        del buf[:pos]
+    return got
+
+
+async def rawpub(args: argparse.Namespace) -> dict[str, Any]:
+    end = Endpoint(args)
+    sock = raw_connect(end)
+    pad = b"x" * max(0, args.size - SEQ.size)
+    header = end.header_to(end.peer, SEQ.size + len(pad)) if end.asgard and end.peer else b""
+    frames = [masked(header + SEQ.pack(i) + pad) for i in range(args.count)]
+    t0 = time.monotonic_ns()
+    for i in range(0, len(frames), 256):
+        sock.sendall(b"".join(frames[i : i + 256]))
+    t1 = time.monotonic_ns()
+    time.sleep(0.5)
+    sock.close()
+    return {"sent": args.count, "pub_t0_ns": t0, "pub_t1_ns": t1, "refused": 0}
+
+
+async def rawsub(args: argparse.Namespace) -> dict[str, Any]:
+    end = Endpoint(args)
+    sock = raw_connect(end)
+    print("READY", flush=True)
+    sock.settimeout(args.idle_timeout)
+    buf = bytearray()
+    first = last = 0
+    n = 0
+    try:
+        while n < args.count:
+            got = read_frames(sock, buf, 1)
+            if not got:
+                break
+            now = time.monotonic_ns()
+            first = first or now
+            last = now
+            n += got
+    except TimeoutError:
+        pass
+    sock.close()
+    return {"received": n, "bad_size": 0, "first_ns": first, "last_ns": last}
+
+
 ROLES = {
     "pingpong": pingpong,
     "echo": echo,
@@ -279,6 +385,8 @@ ROLES = {
     "idle": idle,
     "slow": slow,
     "flood": flood,
+    "rawpub": rawpub,
+    "rawsub": rawsub,
 }
 
 

@@ -8,7 +8,10 @@ process per role). Within each round every test runs Asgard then the anchor, eac
 started server (A B A B ...):
 
 - pingpong (64 B, 4 KiB): round trips device A -> relay -> device B -> relay -> A;
-- oneway (64 B, 4 KiB): one publisher, one subscriber, end-to-end rate;
+- oneway (64 B, 4 KiB): one publisher, one subscriber, end-to-end rate (Asgard with an outbox
+  that holds the whole burst: see ONEWAY_ENV);
+- oneway_raw: the same with plain-socket clients that write prebuilt frames and count what
+  arrives, so the figure is the relay's forwarding rate rather than the client library's;
 - idle1000: the 64 B ping-pong with 1,000 idle devices connected (Asgard: registered);
 - slow: the 64 B ping-pong while another device floods a consumer that never reads;
 - memory: resident memory per idle device with --idle devices connected (RSS delta / N).
@@ -51,6 +54,11 @@ ASGARD_ENV = {
     "ASGARD_RELAY__RATE_PER_S": "10000000",
     "ASGARD_RELAY__BURST": "10000000",
 }
+# One-way: the publisher outruns the subscriber (both are the same Python client). The anchor
+# slows the publisher down through TCP backpressure; Asgard never makes a sender wait and drops
+# best-effort frames beyond the receiver's outbox. To measure forwarding rather than that policy,
+# the one-way runs give the subscriber an outbox that holds the whole burst.
+ONEWAY_ENV = {"ASGARD_RELAY__OUTBOX_MAX_MESSAGES": "200000", "ASGARD_RELAY__OUTBOX_MAX_BYTES": str(1 << 30)}
 
 
 @dataclass
@@ -92,11 +100,11 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 
 @contextmanager
-def server(name: str) -> Iterator[Server]:
+def server(name: str, asgard_env: dict[str, str] | None = None) -> Iterator[Server]:
     """Start a fresh server in its own session; stop it (and everything in its group) after."""
     if name == "asgard":
         argv = [PY, "-m", "node", "serve", "--ephemeral"]
-        env = {**os.environ, "PYTHONPATH": str(ROOT), **ASGARD_ENV}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **ASGARD_ENV, **(asgard_env or {})}
     else:
         port = free_port()
         argv = [PY, str(ANCHORS / "ws_relay.py"), "--uvloop", "--no-compression", "--port", str(port)]
@@ -193,15 +201,16 @@ def pingpong(srv: Server, size: int, count: int) -> dict[str, Any]:
     return result
 
 
-def oneway(srv: Server, size: int, count: int) -> dict[str, Any]:
+def oneway(srv: Server, size: int, count: int, *, raw: bool = False) -> dict[str, Any]:
     a, b = str(uuid.uuid4()), str(uuid.uuid4())
-    argv = client_argv(srv, "subscribe", "tp", me=b, size=size, count=count)
+    roles = ("rawsub", "rawpub") if raw else ("subscribe", "publish")
+    argv = client_argv(srv, roles[0], "tp", me=b, size=size, count=count)
     sub = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
     try:
         if "READY" not in (sub.stdout.readline() if sub.stdout else ""):
             raise SystemExit("the subscriber did not get ready")
         c0 = cpu_seconds(srv.pid)
-        pub = run_json(client_argv(srv, "publish", "tp", me=a, peer=b, size=size, count=count))
+        pub = run_json(client_argv(srv, roles[1], "tp", me=a, peer=b, size=size, count=count))
         out, _ = sub.communicate(timeout=300)
         got = json.loads(out.strip().splitlines()[-1])
         cpu = cpu_seconds(srv.pid) - c0
@@ -248,7 +257,7 @@ def memory(srv: Server, idle: int) -> dict[str, Any]:
     }
 
 
-TESTS = ("pingpong", "oneway", "idle1000", "slow", "memory")
+TESTS = ("pingpong", "oneway", "oneway_raw", "idle1000", "slow", "memory")
 
 
 def one_round(args: argparse.Namespace, wanted: set[str], emit: Any) -> None:
@@ -259,9 +268,14 @@ def one_round(args: argparse.Namespace, wanted: set[str], emit: Any) -> None:
                     emit(srv, "pingpong", size, pingpong(srv, size, args.count))
         for name in ("asgard", "anchor"):
             if "oneway" in wanted:
-                with server(name) as srv:
+                with server(name, ONEWAY_ENV) as srv:
                     n = args.tp_count if size == 64 else args.tp_count // 4
                     emit(srv, "oneway", size, oneway(srv, size, n))
+        for name in ("asgard", "anchor"):
+            if "oneway_raw" in wanted:
+                with server(name, ONEWAY_ENV) as srv:
+                    n = args.tp_count if size == 64 else args.tp_count // 4
+                    emit(srv, "oneway_raw", size, oneway(srv, size, n, raw=True))
     for name in ("asgard", "anchor"):
         if "idle1000" in wanted:
             with server(name) as srv:
@@ -304,7 +318,8 @@ def summarise(rows: list[dict[str, Any]]) -> None:
         theirs = groups.get((test, size, "anchor"), [])
         if name != "asgard" or not theirs:
             continue
-        keys = {"oneway": ["e2e_msg_s", "server_cpu_s"], "memory": ["bytes_per_device"]}.get(
+        rate = ["e2e_msg_s", "server_cpu_s"]
+        keys = {"oneway": rate, "oneway_raw": rate, "memory": ["bytes_per_device"]}.get(
             test, ["p50_us", "p99_us", "server_cpu_s"]
         )
         cells = []

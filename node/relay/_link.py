@@ -70,6 +70,8 @@ class DeviceLink:
         self.phase = Phase.AUTHENTICATED if principal is not None else Phase.AWAITING_HELLO
         self.session_id = "s-" + uuid.uuid4().hex[:16]
         self.outbox = Outbox(settings.outbox_max_messages, settings.outbox_max_bytes)
+        self.outbox.hub = relay.hub
+        self.outbox.sink = self._write_now
         self.rate = MessageRate(settings.rate_per_s, settings.burst, now)
         self.throttle = HeartbeatThrottle()
         self.session: Session | None = None
@@ -155,7 +157,7 @@ class DeviceLink:
                 if session is not None and not outbox.closed and session.delivery.wants_drain():
                     relay.drain(session)
                 frames = await outbox.take()
-                if frames:
+                if frames or ws.write_pending:
                     await ws.send_batch(frames)
                     relay.stats.frames_out += len(frames)
                 elif outbox.closed:
@@ -163,27 +165,49 @@ class DeviceLink:
         except ConnectionClosed as exc:
             self.close(exc.code, exc.reason)
 
+    def _write_now(self, frames: list[bytes]) -> bool:
+        """The outbox's sink: write from the current task without waiting (see FlushHub)."""
+        ws = self.ws
+        try:
+            if not ws.send_batch_nowait(frames):
+                return False
+        except ConnectionClosed:
+            return False  # the writer finds the connection closed and ends the link
+        self.relay.stats.frames_out += len(frames)
+        if ws.write_pending:  # the kernel took part: the writer finishes it, waiting if it must
+            self.outbox.wake()
+        return True
+
     # ------------------------------------------------------------------ batches
     async def _handle_batch(self, batch: list[bytes]) -> None:
+        """Route a batch; frames for idle receivers are written inline at the end of each
+        synchronous step (`FlushHub`), never across an await."""
         replies: list[bytes] = []
-        for i, raw in enumerate(batch):
-            frame = self._decode(raw, replies)
-            if frame is None:
-                if self.closing:
-                    break
-                continue
-            if frame.type in DATA_TYPES:
-                if not self._may_send(frame, replies):
+        hub = self.relay.hub
+        hub.active = True
+        try:
+            for i, raw in enumerate(batch):
+                frame = self._decode(raw, replies)
+                if frame is None:
+                    if self.closing:
+                        break
                     continue
-                if frame.flags & _DURABLE:
-                    await self._handle_durable(batch, i, replies)
-                    break
-                self._answer(frame, self.relay.router.route(self.session, frame), replies)  # type: ignore[arg-type]
-            else:
-                await self._control(frame, replies)
-                if self.closing:
-                    break
-        self._reply(replies)
+                if frame.type in DATA_TYPES:
+                    if not self._may_send(frame, replies):
+                        continue
+                    if frame.flags & _DURABLE:
+                        await self._handle_durable(batch, i, replies)
+                        break
+                    self._answer(frame, self.relay.router.route(self.session, frame), replies)  # type: ignore[arg-type]
+                else:
+                    hub.flush()
+                    await self._control(frame, replies)
+                    hub.active = True
+                    if self.closing:
+                        break
+            self._reply(replies)
+        finally:
+            hub.flush()
 
     async def _handle_durable(self, batch: list[bytes], start: int, replies: list[bytes]) -> None:
         """Frames from the first DURABLE one on: one commit for all DURABLE ones, then in order."""
@@ -206,7 +230,10 @@ class DeviceLink:
                     steps.append((frame, planned))
             else:
                 steps.append((frame, None))
+        hub = self.relay.hub
+        hub.flush()
         results = await self._commit(items)
+        hub.active = True
         committed = dict(zip(map(id, items), results, strict=True)) if results is not None else {}
         for frame, step in steps:
             if isinstance(step, EnqueueItem):
@@ -214,7 +241,9 @@ class DeviceLink:
             elif step is not None:
                 self._answer(frame, step, replies)
             elif frame.type not in DATA_TYPES:
+                hub.flush()
                 await self._control(frame, replies)
+                hub.active = True
                 if self.closing:
                     return
             elif self._may_send(frame, replies):

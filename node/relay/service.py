@@ -32,6 +32,7 @@ from node.relay.settings import RelaySettings
 from node.relay.state import Phase, id_bytes, origin_allowed, reach_of
 from node.router import (
     DeliveryState,
+    FlushHub,
     PeerRoutes,
     Router,
     RoutingTable,
@@ -101,6 +102,7 @@ class RelayService:
         self.node_name = node_name
         self.max_payload = settings.max_payload_bytes
         self.table = RoutingTable()
+        self.hub = FlushHub()
         self.router = Router(
             self.table,
             StoreDirectory(storage),

@@ -1,7 +1,7 @@
 """The router: routing table, sessions with bounded outboxes, delivery cursors and the peer seam."""
 
 from node.router._drain import RowReader, drain
-from node.router._outbox import Outbox
+from node.router._outbox import FlushHub, Outbox
 from node.router._replies import DEFAULT_DETAILS, ack_frame, nack_frame
 from node.router._router import (
     DELIVERED_ONE,
@@ -27,6 +27,7 @@ __all__ = [
     "UNKNOWN_DEVICE",
     "DeliveryState",
     "Directory",
+    "FlushHub",
     "Group",
     "NoPeers",
     "Outbox",

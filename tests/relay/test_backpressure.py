@@ -19,6 +19,7 @@ async def test_the_received_bytes_object_is_what_the_receivers_socket_gets(
     received: list[bytes] = []
     sent: list[bytes] = []
     original_receive, original_send = WsConnection.receive_batch, WsConnection.send_batch
+    original_send_nowait = WsConnection.send_batch_nowait
 
     async def receive_batch(self: WsConnection) -> list[bytes]:
         batch = await original_receive(self)
@@ -29,8 +30,15 @@ async def test_the_received_bytes_object_is_what_the_receivers_socket_gets(
         sent.extend(messages)
         await original_send(self, messages)
 
+    def send_batch_nowait(self: WsConnection, messages: list[bytes]) -> bool:
+        taken = original_send_nowait(self, messages)
+        if taken:
+            sent.extend(messages)
+        return taken
+
     monkeypatch.setattr(WsConnection, "receive_batch", receive_batch)
     monkeypatch.setattr(WsConnection, "send_batch", send_batch)
+    monkeypatch.setattr(WsConnection, "send_batch_nowait", send_batch_nowait)
     a, b, c = [await env.device() for _ in range(3)]
     ca, cb, cc = [await env.client(d) for d in (a, b, c)]
     async with deadline():
