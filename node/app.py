@@ -197,6 +197,8 @@ async def _run_services(
         with trio.move_on_after(settings.server.shutdown_grace_s):
             for done in drained:
                 await done.wait()
+            for flush in handle.extra.get("flush_hooks", []):
+                await flush()  # what the services buffer reaches the store before they are cancelled
         nursery.cancel_scope.cancel()
 
 
@@ -210,6 +212,7 @@ async def _start_locks(
     handle.api.locks = locks
     handle.extra["locks"] = locks
     handle.api.stats_providers["locks"] = locks.statistics
+    handle.extra.setdefault("flush_hooks", []).append(locks.flush)
     handle.extra.setdefault("reload_hooks", []).append(lambda new: locks.apply_settings(new.locks))
 
 

@@ -103,24 +103,6 @@ class JournalWriter:
                 batch.error = Unavailable("the lock journal stopped")
                 batch.done.set()
 
-    async def commit_remaining(self) -> None:
-        """Commit what is pending from the calling task: at shutdown the writer task may already be
-        cancelled. A commit the writer has in flight still lands first (the store never withdraws
-        a write it was handed), so the newer records committed here win."""
-        if not self._pending:
-            return
-        batch, records = self._batch, self._pending
-        self._batch, self._pending = Batch(self._urgent), {}
-        try:
-            with trio.fail_after(self._timeout_s):
-                await self._journal.commit(list(records.values()))
-        except (NodeError, trio.TooSlowError) as exc:
-            self.failures += 1
-            batch.error = exc if isinstance(exc, NodeError) else Unavailable("journal timeout")
-        else:
-            self.commits += 1
-        batch.done.set()
-
     async def flush(self) -> None:
         """Wait until everything queued so far is committed (raises if that commit fails)."""
         if self._pending:

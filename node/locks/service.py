@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 import math
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 
 import trio
@@ -161,6 +161,11 @@ class LockService:
         events = self._state.force_release(resource, token, self._now())
         self._apply(events)
         return [e.lease for e in events if isinstance(e, ENDED_EVENTS)]
+
+    async def flush(self) -> None:
+        """Wait until every journal record queued so far is durable (a graceful stop calls this
+        before cancelling the service; a cancellation alone is treated like a crash)."""
+        await self._writer.flush()
 
     def end_session(self, session: str) -> None:
         """A client session ended: refuse its waits now, release its locks after the grace."""
@@ -461,15 +466,12 @@ async def open_lock_service(
                 client = await nursery.start(_run_etcd, settings)
                 service._cluster = ClusterLocks(client, settings, service.publish)
                 await nursery.start(service._cluster.run)
-            try:
-                yield service
-            finally:
-                # Graceful stop, also when the node's root scope is being cancelled: what was
-                # granted and released is on disk before the service goes.
-                with trio.CancelScope(shield=True):
-                    await writer.commit_remaining()
-                service._close()
-                nursery.cancel_scope.cancel()
+            yield service
+            with trio.move_on_after(settings.journal_timeout_s) as scope, suppress(NodeError):
+                scope.shield = True
+                await writer.flush()  # graceful stop: what was granted is on disk
+            service._close()
+            nursery.cancel_scope.cancel()
     finally:
         service._close()
 
