@@ -336,14 +336,6 @@ class RelayService:
             if sender is not None:
                 sender.outbox.put_control(nack_frame(ref.message_id, ref.source, reason))
 
-    async def purge_queue(self, device_id: str) -> tuple[int, int]:
-        """Delete a device's whole queue (REST DELETE); returns (messages, bytes)."""
-        result = await self.queue.purge_device(device_id)
-        session = self.table.by_text.get(device_id)
-        if session is not None:  # what it was given stays in flight; DELIVERED then finds nothing
-            session.delivery.behind = True
-        return result
-
     # ------------------------------------------------------------------ registry events
     async def _watch_registry(self) -> None:
         async with self.registry.subscribe() as events:
