@@ -91,7 +91,7 @@ class Principal:
         return scope is None or any(n in scope for n in network_ids)
 
 
-SYSTEM = Principal(token_id="system", role=Role.ADMIN)  # noqa: S106 - an id, not a secret
+SYSTEM = Principal(token_id="system", role=Role.ADMIN)
 
 
 def _b62(value: int, width: int) -> str:
