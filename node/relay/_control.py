@@ -58,6 +58,11 @@ async def on_hello(link: DeviceLink, frame: FrameView, replies: list[bytes]) -> 
     """HELLO: authenticate with the token, answer WELCOME (same message id) or close with 4001."""
     hello = _decode(frame, Hello)
     principal = _relay(link).authenticate(hello.token)
+    if link.hello_optional and link.principal is not None:  # a gRPC call, authenticated already
+        if principal is None or principal.token_id != link.principal.token_id:
+            raise InvalidInput("token: HELLO must name the token the call was made with")
+        replies.append(_relay(link).welcome(link, frame.message_id))
+        return
     if principal is None:
         link.close(CLOSE_AUTH_FAILED, "authentication failed")
         return

@@ -1,5 +1,8 @@
 """One device connection: its reader loop (batches in, routing, replies) and its writer loop.
 
+The connection is a `FrameTransport`: a WebSocket connection, or the frame channels of a gRPC
+`Routing.Connect` stream (`_transport.ChannelTransport`); the session logic is the same for both.
+
 Reader: `receive_batch()` returns every message of one socket read; each is decoded (header only),
 data frames are routed at once (the received `bytes` object goes to the destinations' outboxes)
 and the replies for the whole batch (ACK/NACK) go into this connection's outbox in one step.
@@ -24,7 +27,8 @@ import trio
 
 from node.auth import Principal
 from node.errors import NodeError, StoreError
-from node.relay._wsconn import ConnectionClosed, WsConnection
+from node.relay._transport import FrameTransport
+from node.relay._wsconn import ConnectionClosed
 from node.relay.state import HeartbeatThrottle, MessageRate, Phase, admit
 from node.router import Outbox, Outcome, Session, ack_frame, nack_frame
 from store.queue import EnqueueItem, EnqueueResult
@@ -52,19 +56,22 @@ _MESSAGE_ID = struct.Struct("!Q")
 _ACK_REQUESTED = int(Flags.ACK_REQUESTED)
 _DURABLE = int(Flags.DURABLE)
 _NOT_THIS_DEVICE = "source is not this session's device"
+_HELLO = 0x01
 
 FrameHandler = Callable[["DeviceLink", FrameView, list[bytes]], Awaitable[None]]
 """Handles one control frame; appends its replies (ACK, NACK, answers) to the list."""
 
 
 class DeviceLink:
-    """A WebSocket connection of a device, from the upgrade to the close."""
+    """A device's connection (WebSocket, or a gRPC Connect stream), from its start to its close."""
 
-    def __init__(self, relay: RelayService, ws: WsConnection, principal: Principal | None, token: str | None):
+    def __init__(
+        self, relay: RelayService, transport: FrameTransport, principal: Principal | None, token: str | None
+    ):
         settings = relay.settings
         now = trio.current_time()
         self.relay = relay
-        self.ws = ws
+        self.transport = transport
         self.principal = principal
         self.token = token
         self.phase = Phase.AUTHENTICATED if principal is not None else Phase.AWAITING_HELLO
@@ -82,6 +89,7 @@ class DeviceLink:
         self.close_code: int | None = None
         self.close_reason = ""
         self.nursery: trio.Nursery | None = None  # for handlers that must wait (lock operations)
+        self.hello_optional = False  # pre-authenticated (gRPC call): a HELLO before REGISTER is answered
         self._reader_scope = trio.CancelScope()
 
     # ------------------------------------------------------------------ identity
@@ -127,7 +135,7 @@ class DeviceLink:
             self.outbox.close()  # the writer sends what is queued, then returns
 
     async def _read_loop(self) -> None:
-        ws = self.ws
+        ws = self.transport
         while not self.closing:
             batch: list[bytes] = []
             if self.phase is Phase.AWAITING_HELLO:
@@ -150,7 +158,7 @@ class DeviceLink:
                 await self.relay.refresh(self)
 
     async def _write_loop(self) -> None:
-        outbox, ws, relay = self.outbox, self.ws, self.relay
+        outbox, ws, relay = self.outbox, self.transport, self.relay
         try:
             while True:
                 session = self.session
@@ -167,7 +175,7 @@ class DeviceLink:
 
     def _write_now(self, frames: list[bytes]) -> bool:
         """The outbox's sink: write from the current task without waiting (see FlushHub)."""
-        ws = self.ws
+        ws = self.transport
         try:
             if not ws.send_batch_nowait(frames):
                 return False
@@ -306,6 +314,8 @@ class DeviceLink:
 
     async def _control(self, frame: FrameView, replies: list[bytes]) -> None:
         reason = admit(self.phase, frame.type)
+        if reason is not None and frame.type == _HELLO and self.hello_optional and self.session is None:
+            reason = None  # the handler checks that it names the call's own token
         if reason is None and self.session is not None and frame.source != self.session.device_id:
             self._nack(
                 frame.message_id, NackReason.INVALID_INPUT, "source is not this session's device", replies

@@ -19,7 +19,7 @@ import trio
 
 from node.auth import Principal
 from node.clock import WallClock
-from node.errors import NodeError, Unauthenticated
+from node.errors import NodeError, NotFound, Unauthenticated, Unavailable
 from node.logs import event, logger
 from node.registry import DeviceSpec, Registry
 from node.relay._control import BUILTIN_HANDLERS
@@ -27,6 +27,7 @@ from node.relay._directory import StoreDirectory
 from node.relay._events import EventHub
 from node.relay._link import CLOSE_REPLACED, CLOSE_REVOKED, DeviceLink, FrameHandler
 from node.relay._queue import DurableQueue
+from node.relay._transport import ChannelTransport
 from node.relay._wsserve import WsEngine, WsRequest, serve_ws
 from node.relay.settings import RelaySettings
 from node.relay.state import Phase, id_bytes, origin_allowed, reach_of
@@ -116,6 +117,7 @@ class RelayService:
         self.links: set[DeviceLink] = set()
         self.stats = RelayStats()
         self._closed_hooks: list[Callable[[DeviceLink], None]] = []
+        self._opened_hooks: list[Callable[[DeviceLink], None]] = []
         self._stopping = False
         self._all_closed = trio.Event()
 
@@ -129,6 +131,10 @@ class RelayService:
     def on_link_closed(self, hook: Callable[[DeviceLink], None]) -> None:
         """Call `hook(link)` when a connection ends (e.g. to release its locks)."""
         self._closed_hooks.append(hook)
+
+    def on_session_opened(self, hook: Callable[[DeviceLink], None]) -> None:
+        """Call `hook(link)` when a connection registers its device (e.g. to keep its locks)."""
+        self._opened_hooks.append(hook)
 
     # ------------------------------------------------------------------ serving
     async def serve(
@@ -190,6 +196,23 @@ class RelayService:
         link = DeviceLink(self, ws, principal, token)
         await self._run_link(link)
 
+    async def run_channel_session(
+        self,
+        principal: Principal,
+        frames_in: trio.abc.ReceiveChannel[bytes],
+        frames_out: trio.abc.SendChannel[bytes],
+    ) -> tuple[int, str]:
+        """Run a device session over a pair of frame channels (a gRPC Connect stream) until it
+        ends; returns its close (code, reason). The caller has authenticated `principal`."""
+        if self._stopping:
+            raise Unavailable("the node is shutting down")
+        timeout_s = self.settings.websocket.write_timeout_s
+        transport = ChannelTransport(frames_in, frames_out, write_timeout_s=timeout_s)
+        link = DeviceLink(self, transport, principal, None)
+        link.hello_optional = True
+        await self._run_link(link)
+        return link.close_code or 1000, link.close_reason
+
     async def _run_link(self, link: DeviceLink) -> None:
         self.links.add(link)
         self.stats.connections += 1
@@ -204,8 +227,8 @@ class RelayService:
             self.links.discard(link)
             if self._stopping and not self.links:
                 self._all_closed.set()
-        await link.ws.aclose(code, link.close_reason)
-        counters = link.ws.statistics()
+        await link.transport.aclose(code, link.close_reason)
+        counters = link.transport.statistics()
         self.stats.bytes_in += counters.bytes_in
         self.stats.bytes_out += counters.bytes_out
 
@@ -276,6 +299,8 @@ class RelayService:
         link._reply(replies)  # earlier answers first; REGISTERED precedes the queued messages
         replies.clear()
         link.send(encode_control(answer, message_id=message_id, destination=session.device_id))
+        for hook in self._opened_hooks:
+            hook(link)
         session.outbox.wake()
 
     def _session(
@@ -298,12 +323,23 @@ class RelayService:
 
     async def heartbeat(self, link: DeviceLink) -> bool:
         """HEARTBEAT: re-check the token (closing with 4003 when revoked), refresh the registry."""
-        if link.token is not None and self.authenticate(link.token) is None:
+        if not self._token_still_valid(link):
             link.close(CLOSE_REVOKED, "token revoked or expired")
             return False
         if link.device is not None:
             link.device = await self.registry.seen(link.device)
         return True
+
+    def _token_still_valid(self, link: DeviceLink) -> bool:
+        if link.token is not None:
+            return self.authenticate(link.token) is not None
+        if link.principal is None:
+            return True
+        try:  # a session authenticated by its caller (gRPC): check the token row it came from
+            row = self.tokens.get(link.principal.token_id)
+        except NotFound:
+            return True  # not a local token (validated by Heimdall): nothing here to re-check
+        return row.revoked_at is None and (row.expires_at is None or row.expires_at > self.clock.now())
 
     async def refresh(self, link: DeviceLink) -> None:
         """Traffic counts as a heartbeat: last_seen and the connection record (throttled by the link)."""
@@ -401,8 +437,8 @@ class RelayService:
                 "deleted": qs.deleted,
             },
             "events_sent": self.events.sent,
-            "bytes_in": s.bytes_in + sum(link.ws.statistics().bytes_in for link in self.links),
-            "bytes_out": s.bytes_out + sum(link.ws.statistics().bytes_out for link in self.links),
+            "bytes_in": s.bytes_in + sum(link.transport.statistics().bytes_in for link in self.links),
+            "bytes_out": s.bytes_out + sum(link.transport.statistics().bytes_out for link in self.links),
         }
 
 

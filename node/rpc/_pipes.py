@@ -90,6 +90,16 @@ class ToIsland(Generic[T]):
         if not waited:  # waiting was the checkpoint already
             await trio.lowlevel.cancel_shielded_checkpoint()
 
+    def _send_nowait(self, value: T) -> None:
+        if self._send_closed:
+            raise trio.ClosedResourceError("the sending end was closed")
+        if self._receiver_gone:
+            raise trio.BrokenResourceError("the receiving end is gone")
+        if not self._credits:
+            raise trio.WouldBlock
+        self._credits -= 1
+        self._posts.to_island(self._island_push, value)
+
     def close_sender(self, error: BaseException | None = None) -> None:
         """End the stream (Trio side); idempotent. `error`, if any, is raised to the reader."""
         if self._send_closed:
@@ -169,6 +179,10 @@ class _TrioSender(trio.abc.SendChannel[T]):
 
     async def send(self, value: T) -> None:
         await self._pipe._send(value)
+
+    def send_nowait(self, value: T) -> None:
+        """Send without waiting (no checkpoint); trio.WouldBlock while the window is used up."""
+        self._pipe._send_nowait(value)
 
     async def aclose(self) -> None:
         self._pipe.close_sender()
@@ -262,6 +276,17 @@ class ToTrio(Generic[T]):
             await self._wait.wait()
         return self._take()
 
+    def _receive_nowait(self) -> T:
+        if self._receive_closed:
+            raise trio.ClosedResourceError("the receiving end was closed")
+        if self._items:
+            return self._take()
+        if self._end is not None:
+            if self._end.error is not None:
+                raise self._end.error
+            raise trio.EndOfChannel
+        raise trio.WouldBlock
+
     def _take(self) -> T:
         value = self._items.popleft()
         self._consumed += 1
@@ -287,6 +312,10 @@ class _TrioReceiver(trio.abc.ReceiveChannel[T]):
 
     async def receive(self) -> T:
         return await self._pipe._receive()
+
+    def receive_nowait(self) -> T:
+        """A message that has already arrived (no checkpoint); trio.WouldBlock when none has."""
+        return self._pipe._receive_nowait()
 
     async def aclose(self) -> None:
         self._pipe.close_receiver()
