@@ -24,26 +24,32 @@ def render_default_config() -> str:
     """The default configuration as a commented TOML document."""
     lines = [HEADER]
     defaults = Settings()
-    for name, field in Settings.model_fields.items():
+    for name in Settings.model_fields:
         section = getattr(defaults, name)
-        lines.append(f"\n[{name}]")
-        if field.annotation is not None and field.annotation.__doc__:
-            lines.append(f"# {field.annotation.__doc__.strip().splitlines()[0]}")
-        lines.extend(_render_section(section))
+        lines.extend(_render_table(name, section))
     return "\n".join(lines) + "\n"
 
 
-def _render_section(section: BaseModel) -> list[str]:
-    lines = []
+def _render_table(table: str, section: BaseModel) -> list[str]:
+    """`[table]` with its keys, then each nested settings model as its own `[table.key]`."""
+    lines = [f"\n[{table}]"]
+    if type(section).__doc__:
+        lines.append(f"# {(type(section).__doc__ or '').strip().splitlines()[0]}")
+    nested: list[tuple[str, BaseModel]] = []
     for name, field in type(section).model_fields.items():
+        value = getattr(section, name)
+        if isinstance(value, BaseModel):
+            nested.append((name, value))
+            continue
         extra = field.json_schema_extra
         live = " (live)" if isinstance(extra, dict) and extra.get("live") else ""
         lines.append(f"# {field.description or name}{live}")
-        value = getattr(section, name)
         if value is None:
             lines.append(f"# {name} = ")
         else:
             lines.append(f"{name} = {_toml_value(value)}")
+    for name, value in nested:
+        lines.extend(_render_table(f"{table}.{name}", value))
     return lines
 
 

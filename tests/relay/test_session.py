@@ -174,7 +174,10 @@ async def test_source_must_be_the_registered_device(env: RelayEnv) -> None:
         (bytes([1, 0x10, 0x80, 0]) + bytes(44), NackReason.BAD_FRAME),  # undefined flag bits
         (bytes([1, 0x05, 0, 0]) + bytes(40) + b"\x00\x00\x00\x02{]", NackReason.BAD_FRAME),  # not JSON
         (bytes([1, 0x06, 0, 0]) + bytes(44), NackReason.BAD_FRAME),  # node-only type
-        (bytes([1, 0x20, 0, 0]) + bytes(40) + b"\x00\x00\x00\x02{}", NackReason.BAD_FRAME),  # no lock handler
+        (
+            bytes([1, 0x27, 0, 0]) + bytes(40) + b"\x00\x00\x00\x02{}",
+            NackReason.BAD_FRAME,
+        ),  # reserved lock type without a handler
     ],
 )
 async def test_bad_frames_are_nacked(env: RelayEnv, raw: bytes, reason: NackReason) -> None:
