@@ -5,7 +5,9 @@ against Asgard's TURN service (started here as `python -m node.turn`, loopback o
   * "pp": turn_pingpong.py ChannelData round trips, 64 B and 4 KiB (also c2c and the plain UDP floor),
   * "flood": turnutils_uclient, 10 sessions, 100k ChannelData messages through an echo peer.
 Prints p50/p90/p99/p99.9/max per server with ratios, server CPU per 100k relayed datagrams and
-flood loss; writes JSON lines to bench/results/.
+flood loss, attributed: datagrams the kernel dropped at the server's, the echo peer's and the load
+client's sockets (bench/turn/_drops.py), and those the server dropped itself (its statistics);
+writes JSON lines to bench/results/.
 
     python -m bench.turn [--rounds 2] [--anchors ../shared/anchors] [--total 100000]
 """
@@ -22,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.turn._drops import DropSampler
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results"
@@ -76,6 +80,16 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=10)
 
 
+def stop_with_stats(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """Stop the server and return the statistics it prints on the way out ({} if none)."""
+    stop(proc)
+    assert proc.stdout is not None
+    for line in proc.stdout.read().decode(errors="replace").splitlines():
+        if line.startswith("stats "):
+            return dict(json.loads(line[6:]))
+    return {}
+
+
 def run_baseline(anchors: Path, port: int, total: int, external_pid: int | None) -> str:
     command = [
         "bash", str(anchors / "coturn-baseline.sh"), str(port), "--scenarios", "pp flood", "--clients", "10",
@@ -124,6 +138,7 @@ def _brief(records: list[dict[str, Any]]) -> str:
         elif r["scenario"] == "flood":
             parts.append(
                 f"flood loss={r['loss_pct']:.2f}% cpu/100k={r.get('cpu_s_per_100k', float('nan')):.2f}s"
+                f" kernel drops {r.get('kernel_drops')} server drops {r.get('node_drops')}"
             )
     return ", ".join(parts)
 
@@ -169,6 +184,11 @@ def summarize(rows: list[dict[str, Any]]) -> list[str]:
     lines.append(
         f"{'flood 10 sessions loss %':<34}{a:>12.3f}{c:>12.3f}{'':>9}  0 " + ("ok" if a == 0 else "MISSED")
     )
+    for role in ("server", "peer", "client"):
+        a, c = (pick(s, "flood", None, f"kernel_drops_{role}") for s in ("asgard", "coturn"))
+        lines.append(f"{'  of which dropped by ' + role + ' sockets':<34}{a:>12.0f}{c:>12.0f}")
+    a = pick("asgard", "flood", None, "node_drops_total")
+    lines.append(f"{'  dropped inside the server':<34}{a:>12.0f}{'n/a':>12}")
     return lines
 
 
@@ -187,15 +207,27 @@ def main(argv: list[str] | None = None) -> int:
             for server in ("coturn", "asgard"):
                 port = free_port()
                 proc = start_asgard(port) if server == "asgard" else None
+                sampler = DropSampler(proc.pid if proc else None)
+                sampler.start()
+                node_stats: dict[str, Any] = {}
                 try:
                     output = run_baseline(args.anchors, port, args.total, proc.pid if proc else None)
                 finally:
+                    kernel_drops = sampler.stop()
                     if proc is not None:
-                        stop(proc)
+                        node_stats = stop_with_stats(proc)
                 records = parse(output)
                 if not records:
                     print(output, file=sys.stderr)
                     raise RuntimeError(f"no results from the {server} run")
+                for record in records:
+                    if record["scenario"] == "flood":
+                        record["kernel_drops"] = kernel_drops
+                        for role, count in kernel_drops.items():
+                            record[f"kernel_drops_{role}"] = count
+                        if node_stats:
+                            record["node_drops"] = node_stats.get("drops", {})
+                            record["node_drops_total"] = sum(record["node_drops"].values())
                 load = Path("/proc/loadavg").read_text().split()[0]
                 for record in records:
                     record.update(server=server, round=round_no, at=time.time(), loadavg=float(load))

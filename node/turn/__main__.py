@@ -1,7 +1,8 @@
 """Run the TURN service alone: `python -m node.turn [--config FILE] [options]`.
 
 For benchmarks and manual tests; the node runs it inside its own nursery. Options override the
-`[turn]` section of the TOML file. Stops on SIGINT/SIGTERM.
+`[turn]` section of the TOML file. Stops on SIGINT/SIGTERM, after printing its statistics (relayed
+datagrams, drops by reason) as one `stats {json}` line.
 """
 
 from __future__ import annotations
@@ -62,11 +63,14 @@ def settings_from(args: argparse.Namespace) -> TurnSettings:
 
 
 async def _main(settings: TurnSettings) -> None:
+    service = TurnService(settings)
     async with trio.open_nursery() as nursery:
-        addresses = await nursery.start(TurnService(settings).serve)
+        addresses = await nursery.start(service.serve)
         print(f"listening udp={addresses.udp} tcp={addresses.tcp} relay={addresses.relay}", flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
+                # The last line says what the service relayed and dropped (benchmarks read it).
+                print("stats " + json.dumps(service.statistics().as_dict()), flush=True)
                 nursery.cancel_scope.cancel()
                 break
 
