@@ -41,7 +41,8 @@ class Island:
         )
         self._token = trio.lowlevel.current_trio_token()
         self._thread = threading.Thread(target=self._thread_main, name=name, daemon=True)
-        self._stop: asyncio.Event | None = None  # island
+        # Made here, not on the loop: a stop asked for before the loop runs is not lost.
+        self._stop = asyncio.Event()
         self._started = trio.Event()
         self._stopped = trio.Event()
         self._failure: BaseException | None = None
@@ -72,10 +73,11 @@ class Island:
                 self._teardown()
             finally:
                 asyncio.set_event_loop(None)
-                self._token.run_sync_soon(self._trio_stopped)
+                # The Trio run may be gone if the thread outlived `_close`'s timeout.
+                with contextlib.suppress(trio.RunFinishedError):
+                    self._token.run_sync_soon(self._trio_stopped)
 
     async def _main(self) -> None:
-        self._stop = asyncio.Event()
         self.bridge.to_trio(self._started.set)
         await self._stop.wait()
 
@@ -106,17 +108,19 @@ class Island:
 
     async def _close(self, stop_timeout_s: float) -> None:
         self.bridge.close_trio_side()
-        if self._stop is not None and not self._stopped.is_set():
+        if not self._stopped.is_set():
             # RuntimeError: the loop already closed on its own.
             with contextlib.suppress(RuntimeError):
                 self.loop.call_soon_threadsafe(self._stop.set)
-        with trio.move_on_after(stop_timeout_s):
-            await self._stopped.wait()
-        if self._stopped.is_set():
-            # The thread has posted its last job; it ends right after, so this join is immediate.
-            self._thread.join(timeout=1.0)
-        else:
+        if self._thread.is_alive():
+            # Joined in real time: a virtual clock (autojump_clock) must not end the wait early.
+            await trio.to_thread.run_sync(self._thread.join, stop_timeout_s)
+        if self._thread.is_alive():
             log.error("%s thread did not stop within %.1f s; leaving it", self.name, stop_timeout_s)
+            return
+        if self._thread.ident is not None:
+            # The thread posted `_trio_stopped` before it ended: it runs at the next checkpoint.
+            await self._stopped.wait()
 
 
 @asynccontextmanager
