@@ -17,6 +17,10 @@ answers "no leader known" past it. Hence the safety rule: `is_leader` is true on
 and a deposed or partitioned leader stops claiming at `valid_until` at the latest, which is never
 later than etcd's own expiry of its lease — before anyone else can lead.
 
+Keepalives extend a view that is still valid (`renewed`); the queue is re-read on every change and
+at least every TTL/3, so a view that lapsed while the lease survived is established again (as a new
+tenure: the claim had a gap).
+
 Transitions (the service calls them; each records a change in the bounded history when the
 (leader, term) pair changes):
 
@@ -99,6 +103,16 @@ class ElectionState:
             self._end_tenure(wall)
         self._set(leader, term, wall, "we lead" if own else "observed in etcd")
 
+    def renewed(self, valid_until: float, now: float, wall: float) -> None:
+        """Our lease was renewed: a view that is still valid stays valid until `valid_until`.
+
+        A view that has already lapsed stays lapsed (we may have said "no leader known" in
+        between); the next read of the queue (`observed`) establishes it again.
+        """
+        self.expire(now, wall)
+        if self.mode == "etcd" and now < self._valid_until < valid_until:
+            self._valid_until = valid_until
+
     def lost(self, now: float, wall: float, reason: str) -> None:
         """Our view is gone: lease lapsed or revoked, etcd unreachable, watch broken."""
         self._etcd_only()
@@ -118,6 +132,10 @@ class ElectionState:
         self._set(None, None, lapsed_at, "no leader known: our etcd lease may have lapsed")
 
     # ------------------------------------------------------------ reads
+
+    def view(self) -> tuple[str | None, int | None]:
+        """(leader, term) as last established (call `expire` first for the current answer)."""
+        return self._leader, self._term
 
     def is_leader(self, now: float) -> bool:
         if self.mode == "standalone":
