@@ -31,6 +31,9 @@ from node.config import ConfigWatcher, Settings
 from node.locks import LockService, serve_locks
 from node.locks.sqlite_journal import SqliteLockJournal
 from node.logs import Logs, event, logger
+from node.mesh.discovery import Discovery
+from node.mesh.election import LeaderElection
+from node.mesh.settings import split_address
 from node.registry import Registry
 from node.relay.service import RelayService
 from node.storage import Storage, StoreLock, open_storage
@@ -183,6 +186,9 @@ async def _run_services(
         drained = [api_done]
         if settings.relay.enabled:
             drained.append(await _start_relay(nursery, handle, settings, clock, shutdown))
+        await _start_election(nursery, handle, settings, clock)
+        if settings.mesh.enabled and settings.mesh.discovery.mdns:
+            await _start_discovery(nursery, handle, settings, clock)
         if watcher:
             nursery.start_soon(watcher.run, settings.server.config_poll_interval_s, name="config-watch")
         if handle_signals:
@@ -259,6 +265,49 @@ async def _start_relay(
     handle.extra["relay"] = relay
     handle.extra.setdefault("reload_hooks", []).append(lambda new: relay.apply_settings(new.relay))
     return done
+
+
+async def _start_election(
+    nursery: trio.Nursery, handle: NodeHandle, settings: Settings, clock: WallClock
+) -> None:
+    """Start the leader election (on etcd with mesh.election.etcd_endpoints, else standalone)."""
+    election = LeaderElection(
+        settings.mesh.election, node_id=handle.node_id, cluster_id=settings.mesh.cluster_id, clock=clock
+    )
+    await nursery.start(election.run)
+    handle.extra["election"] = election
+    handle.api.stats_providers["election"] = election.status
+    handle.extra.setdefault("reload_hooks", []).append(lambda new: election.apply_settings(new.mesh.election))
+
+
+async def _start_discovery(
+    nursery: trio.Nursery, handle: NodeHandle, settings: Settings, clock: WallClock
+) -> None:
+    """Announce this node over mDNS; the nodes it finds go to the mesh as hints (dialled, not trusted)."""
+
+    def on_hint(address: str, node_id: str | None) -> None:
+        mesh = handle.extra.get("mesh")
+        if mesh is not None:
+            mesh.add_hint(address, node_id)
+
+    announced = [name for name in ("rpc", "relay", "api") if name in handle.addresses]
+    ports: dict[str, int] = {name: split_address(handle.addresses[name])[1] for name in announced}
+    host = None
+    if settings.mesh.advertise_address:
+        host, ports["rpc"] = split_address(settings.mesh.advertise_address)
+    discovery = Discovery(
+        settings.mesh.discovery,
+        node_id=handle.node_id,
+        cluster_id=settings.mesh.cluster_id,
+        version=node.__version__,
+        ports=ports,
+        on_hint=on_hint,
+        clock=clock,
+        address=host,
+    )
+    await nursery.start(discovery.run)
+    handle.extra["discovery"] = discovery
+    handle.api.stats_providers["discovery"] = discovery.statistics
 
 
 async def _until_done(

@@ -15,6 +15,7 @@ from node.config._model import (
     StoreSettings,
 )
 from node.locks.settings import LockSettings
+from node.mesh.settings import MeshSettings
 from node.relay.settings import RelaySettings
 from node.turn.settings import TurnSettings
 
@@ -30,6 +31,7 @@ class Settings(Section):
     locks: LockSettings = Field(default_factory=LockSettings)
     turn: TurnSettings = Field(default_factory=TurnSettings)
     relay: RelaySettings = Field(default_factory=RelaySettings)
+    mesh: MeshSettings = Field(default_factory=MeshSettings)
 
     def store_path(self) -> Path:
         """The database file this node uses."""
