@@ -18,7 +18,14 @@ from werkzeug.exceptions import BadRequest, HTTPException
 from werkzeug.routing.converters import BaseConverter
 
 import node
-from node.api import _admin_routes, _lock_routes, _queue_routes, _registry_routes, _turn_routes
+from node.api import (
+    _admin_routes,
+    _cluster_routes,
+    _lock_routes,
+    _queue_routes,
+    _registry_routes,
+    _turn_routes,
+)
 from node.api._context import ApiContext
 from node.api._problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from node.api._problems import from_http, from_node_error, from_validation, problem
@@ -124,6 +131,7 @@ def create_app(c: ApiContext) -> QuartTrio:
     app.register_blueprint(_queue_routes.bp)
     app.register_blueprint(_lock_routes.bp)
     app.register_blueprint(_turn_routes.bp)
+    app.register_blueprint(_cluster_routes.bp)
     app.register_error_handler(NodeError, _node_error)
     app.register_error_handler(RequestSchemaValidationError, _validation_error)
     app.register_error_handler(HTTPException, _http_error)

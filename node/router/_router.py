@@ -141,8 +141,12 @@ class Router:
         self.stats.delivered += reached
         if reached < len(targets):
             self.stats.drop("outbox_full", len(targets) - reached)
+        nodes = self.peers.fan_out(raw)  # the devices on other nodes get it there
+        self.stats.forwarded += nodes
         if reached:
             return (AckStatus.DELIVERED, reached)
+        if nodes:
+            return (AckStatus.FORWARDED, nodes)
         if targets:
             return OUTBOX_FULL
         self.stats.drop("no_recipient")

@@ -32,6 +32,11 @@ class PeerRoutes(Protocol):
         """
         ...
 
+    def fan_out(self, frame: bytes) -> int:
+        """Send a BROADCAST or MULTICAST frame (already delivered here) to every peer node once,
+        without waiting; returns how many peer nodes it was sent to."""
+        ...
+
 
 class NoPeers:
     """A node alone: no device is reachable through a peer."""
@@ -43,3 +48,7 @@ class NoPeers:
     def forward(self, link: PeerLink, frame: bytes) -> bool:
         """Never called (there is no link)."""
         return False
+
+    def fan_out(self, frame: bytes) -> int:
+        """No peer node to send it to."""
+        return 0
