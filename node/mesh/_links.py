@@ -89,6 +89,7 @@ async def dial_handshake(stream: PeerStream, me: Identity, key: bytes) -> PeerIn
         raise Refused("malformed challenge", peer=peer, security=True)
     text = auth.transcript(me.cluster_id, me.node_id, peer, nonce, challenge.nonce)
     if not auth.verify(key, auth.ACCEPTOR, text, challenge.proof):
+        await _refuse(stream, "authentication failed")
         raise Refused("the acceptor's proof is wrong (another cluster secret)", peer=peer, security=True)
     await stream.send(Proof(auth.proof(key, auth.DIALER, text)))
     ready = await _expect(stream, Ready)
@@ -111,7 +112,10 @@ async def accept_handshake(
     text = auth.transcript(me.cluster_id, peer, me.node_id, hello.nonce, nonce)
     mine = auth.proof(key, auth.ACCEPTOR, text)
     await stream.send(Challenge(me.node_id, nonce, mine, me.version, me.address, me.node_name))
-    answer = await _expect(stream, Proof)
+    try:
+        answer = await _expect(stream, Proof)
+    except Refused as exc:  # no proof after our challenge: it could not make one
+        raise Refused(f"no proof after the challenge ({exc.reason})", peer=peer, security=True) from None
     if not auth.verify(key, auth.DIALER, text, answer.proof):
         await _refuse(stream, "authentication failed")
         raise Refused("the dialer's proof is wrong (no or another cluster secret)", peer=peer, security=True)

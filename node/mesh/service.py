@@ -268,7 +268,7 @@ class Mesh:
             actor=f"node:{exc.peer[:64]}" if exc.peer else "node:unknown",
             action="mesh.link",
             target=self.node_id,
-            outcome="refused",
+            outcome="denied",
             client=remote,
             detail=exc.reason,
         )

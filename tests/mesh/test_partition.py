@@ -1,0 +1,73 @@
+"""Registry convergence across a cut and restored link, and refusal of a node without the secret.
+
+The cut: node B's config is rewritten (hot reload) to allow no peer, so B drops its links and
+refuses the others; both sides change the registry meanwhile — including the same device id
+registered on A and on B with different names, and a deletion — then B's config is restored. After
+anti-entropy every node holds the same records, one version of the doubly registered device.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import trio
+
+from tests.mesh.conftest import SECRET, MeshNode, StartNode, linked, until
+from tests.mesh.test_three_nodes import shared_network, start_three
+
+TEST_TIMEOUT_S = 60
+
+
+async def same_registry(nodes: list[MeshNode]) -> bool:
+    views = [await n.devices() for n in nodes]
+    return all(view == views[0] for view in views)
+
+
+async def test_registry_converges_after_a_link_is_cut_and_restored(start_node: StartNode) -> None:
+    with trio.fail_after(TEST_TIMEOUT_S):
+        a, b, c = nodes = await start_three(start_node)
+        network = await shared_network(nodes)
+        doomed, _ = await a.register(network, "doomed")
+        await until(lambda: same_registry(nodes), "the first device everywhere")
+
+        b.write_mesh([a.rpc], allowed=["no-such-node"])
+        await until(lambda: linked([a, c], 1), "A and C linked only to each other")
+        await until(lambda: linked([b], 0), "B alone")
+
+        twice = str(uuid.uuid4())
+        for node, name in ((a, "twice-on-a"), (b, "twice-on-b")):
+            await node.post("/api/v1/devices", {"device_id": twice, "network_id": network, "name": name,
+                                                "world_type": "physical"})  # fmt: skip
+        only_b, _ = await b.register(network, "only-on-b")
+        only_c, _ = await c.register(network, "only-on-c")
+        assert (await a.http.delete(f"/api/v1/devices/{doomed}")).status_code == 204
+        await until(lambda: same_registry([a, c]), "A and C agree while B is cut off")
+        assert not await same_registry(nodes)
+
+        b.write_mesh([a.rpc])
+        await until(lambda: linked(nodes, 2), "the links are back")
+        await until(lambda: same_registry(nodes), "one registry everywhere after the partition")
+        final = await a.devices()
+        ids = {d for d, _, _ in final}
+        assert {only_b, only_c, twice} <= ids and doomed not in ids
+        names = {name for d, name, _ in final if d == twice}
+        assert len(names) == 1 and names <= {"twice-on-a", "twice-on-b"}
+        stats = [(await n.mesh_stats())["sync"] for n in nodes]
+        assert len({s["records"] for s in stats}) == 1  # the tombstone is everywhere too
+        assert sum(s["pushed"] for s in stats) > 0  # anti-entropy did the repair
+
+
+async def test_a_node_without_the_cluster_secret_is_refused(start_node: StartNode) -> None:
+    with trio.fail_after(TEST_TIMEOUT_S):
+        a = await start_node("a")
+        intruder = await start_node("x", [a.rpc], secret="not-" + SECRET)
+
+        async def refused() -> bool:
+            return int((await a.mesh_stats())["security_events"]) >= 1
+
+        await until(refused, "A reports a security event")
+        assert (await intruder.mesh_stats())["refused"] >= 1
+        assert (await a.cluster())["links"] == [] and (await intruder.cluster())["links"] == []
+        audit = (await a.get("/api/v1/admin/audit?action=mesh.link"))["items"]
+        assert audit and audit[0]["outcome"] == "denied"
+        assert audit[0]["actor"] == f"node:{intruder.node_id}"
