@@ -217,6 +217,8 @@ class _IslandSide:
         self._peer = peer
         self._outbox: deque[PeerMessage] = deque()
         self._credits = window
+        self._credit_batch = max(1, window // 4)
+        self._unreturned = 0  # written, credit not yet given back to Trio
         self._wake_writer: asyncio.Future[None] | None = None
         self._wake_reader: asyncio.Future[None] | None = None
         self._closing = False
@@ -294,7 +296,12 @@ class _IslandSide:
                 continue
             batch = [outbox.popleft() for _ in range(min(len(outbox), _MAX_WRITE_BATCH))]
             await write(stream, batch)
-            self._bridge.to_trio(self._peer._trio_credit, len(batch))
+            # Credits go back in batches (not a wake-up of Trio per message written): Trio still
+            # holds window - credit_batch + 1 credits at worst, so it never waits on this.
+            self._unreturned += len(batch)
+            if self._unreturned >= self._credit_batch:
+                self._bridge.to_trio(self._peer._trio_credit, self._unreturned)
+                self._unreturned = 0
 
 
 def _unavailable(error: BaseException) -> Unavailable:
