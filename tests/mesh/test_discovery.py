@@ -1,20 +1,15 @@
 """mDNS discovery: TXT parsing rules, and real announcers in a network namespace the test creates.
 
-The namespace test needs root (CAP_SYS_ADMIN) to create the namespace; we run as root here and in
-CI. Without the permission it is skipped with the reason locally and fails in CI (marker `netns`).
-Inside the namespace only `lo` exists; the test brings it up and turns multicast on, so mDNS traffic
-never leaves the namespace. If multicast did not work there the test fails: it has been shown to
-work on this kernel, so a failure is a real one.
+The namespace rules are in tests/mesh/_netns.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +17,7 @@ import pytest
 import trio
 
 from node.mesh.discovery import read_announcement, txt_properties
+from tests.mesh._netns import netns  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,29 +72,6 @@ def test_announcements_that_are_not_hints(
 # ---------------------------------------------------------------- real announcers in a namespace
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
-@pytest.fixture
-def netns(require_program: Callable[[str], str]) -> Iterator[str]:
-    """A fresh network namespace with only `lo`, up and multicast-capable; deleted afterwards."""
-    ip = require_program("ip")
-    name = f"asgard-mdns-{os.getpid()}-{secrets.token_hex(3)}"
-    created = subprocess.run([ip, "netns", "add", name], capture_output=True, text=True, check=False)
-    if created.returncode != 0:
-        message = f"cannot create a network namespace (needs root): {created.stderr.strip()}"
-        if _in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
-    try:
-        for args in (["link", "set", "lo", "up"], ["link", "set", "lo", "multicast", "on"]):
-            subprocess.run([ip, "-n", name, *args], check=True, capture_output=True)
-        yield name
-    finally:
-        subprocess.run([ip, "netns", "del", name], check=False, capture_output=True)
-
-
 class Announcer:
     """One `tests.mesh._mdns_peer` process in the namespace and the JSON lines it printed."""
 
@@ -134,7 +107,7 @@ class Announcer:
 
 
 @pytest.fixture
-async def announcers(netns: str) -> AsyncIterator[Callable[..., Any]]:
+async def announcers(netns: str) -> AsyncIterator[Callable[..., Any]]:  # noqa: F811
     started: list[trio.Process] = []
 
     async def start(node_id: str, cluster_id: str, rpc_port: int) -> Announcer:
