@@ -33,6 +33,7 @@ from node.mesh.settings import DiscoverySettings
 log = logger("mesh.discovery")
 SERVICE_TYPE = "_asgard._tcp.local."
 EVENT_QUEUE = 256
+MAX_PEERS = 256  # anyone on the LAN can announce: the table of discovered nodes is bounded
 MAX_TXT_VALUE = 128
 PORT_KEYS = ("rpc", "relay", "api")
 Hint = Callable[[str, "str | None"], None]
@@ -192,26 +193,41 @@ class Discovery:
             if node_id is not None and self.peers.pop(node_id, None) is not None:
                 event(log, 20, "mdns peer gone", node_id=node_id)
             return
-        timeout_ms = int(self._settings.resolve_timeout_s * 1000)
-        info = await trio.to_thread.run_sync(partial(zc.get_service_info, SERVICE_TYPE, name, timeout_ms))
-        if info is None:
+        found = await self._resolve(zc, name)
+        if found is None:
             self._counts["resolve_failures"] += 1
             return
-        found = read_announcement(
-            info.properties, info.parsed_addresses(), own_id=self.node_id, cluster_id=self.cluster_id
-        )
         if isinstance(found, str):
             if found != "self":
                 self._counts["ignored"] += 1
-                event(log, 20, "mdns announcement ignored", name=name, reason=found)
+                event(log, 10, "mdns announcement ignored", name=name[:200], reason=found)
+            return
+        known = self.peers.get(found.node_id)
+        full = (known is None and len(self.peers) >= MAX_PEERS) or (
+            name not in self._names and len(self._names) >= MAX_PEERS
+        )
+        if full:
+            self._counts["ignored"] += 1
             return
         self._names[name] = found.node_id
-        known = self.peers.get(found.node_id)
         self.peers[found.node_id] = (found, self._clock.now())
         if known is None or known[0].address != found.address:
             self._counts["hints"] += 1
             event(log, 20, "mdns peer found", node_id=found.node_id, address=found.address)
             self._on_hint(found.address, found.node_id)
+
+    async def _resolve(self, zc: Zeroconf, name: str) -> Announcement | str | None:
+        """Resolve `name` within the deadline; None when it cannot be resolved."""
+        timeout_ms = int(self._settings.resolve_timeout_s * 1000)
+        try:
+            info = await trio.to_thread.run_sync(partial(zc.get_service_info, SERVICE_TYPE, name, timeout_ms))
+            if info is None:
+                return None
+            props, addresses = info.properties, info.parsed_addresses()
+        except Exception as exc:  # zeroconf parsing a stranger's records: never fatal to the node
+            event(log, 30, "mdns resolve failed", name=name[:200], error=repr(exc)[:200])
+            return None
+        return read_announcement(props, addresses, own_id=self.node_id, cluster_id=self.cluster_id)
 
     def _service_info(self) -> ServiceInfo:
         return ServiceInfo(
