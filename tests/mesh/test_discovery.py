@@ -15,8 +15,11 @@ from typing import Any
 
 import pytest
 import trio
+from zeroconf import ServiceStateChange
 
-from node.mesh.discovery import read_announcement, txt_properties
+from node.clock import WallClock
+from node.mesh.discovery import MAX_PEERS, Discovery, read_announcement, txt_properties
+from node.mesh.settings import DiscoverySettings
 from tests.mesh._netns import netns  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,3 +164,78 @@ async def test_announcers_in_a_namespace_see_each_other(announcers: Callable[...
     assert [line["node_id"] for line in a.lines if line["event"] == "hint"] == ["node-b"]
     assert closed_a["hints"] == 1 and closed_c["hints"] == 0
     assert closed_c["peer_count"] == 0
+
+
+# ---------------------------------------------------------------- the Trio side, with a stand-in zeroconf
+
+
+class FakeInfo:
+    def __init__(self, node_id: str, address: str, rpc: int) -> None:
+        self.properties = _props(node_id=node_id, cluster_id="home", rpc=str(rpc), version="1")
+        self._address = address
+
+    def parsed_addresses(self) -> list[str]:
+        return [self._address]
+
+
+class FakeZeroconf:
+    """Answers get_service_info from a table (a value that is an exception is raised)."""
+
+    def __init__(self) -> None:
+        self.infos: dict[str, FakeInfo | Exception | None] = {}
+
+    def get_service_info(self, type_: str, name: str, timeout: int) -> FakeInfo | None:
+        value = self.infos[name]
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+
+def discovery_with_hints() -> tuple[Discovery, list[tuple[str, str | None]]]:
+    hints: list[tuple[str, str | None]] = []
+    discovery = Discovery(
+        DiscoverySettings(mdns=True),
+        node_id="me",
+        cluster_id="home",
+        version="1",
+        ports={"rpc": 1},
+        on_hint=lambda address, node_id: hints.append((address, node_id)),
+        clock=WallClock(),
+    )
+    return discovery, hints
+
+
+async def test_hints_follow_announcements_and_goodbyes() -> None:
+    discovery, hints = discovery_with_hints()
+    zc = FakeZeroconf()
+    zc.infos["b._asgard._tcp.local."] = FakeInfo("b", "127.0.0.2", 7702)
+    await discovery._handle(zc, "b._asgard._tcp.local.", ServiceStateChange.Added)
+    await discovery._handle(zc, "b._asgard._tcp.local.", ServiceStateChange.Updated)
+    assert hints == [("127.0.0.2:7702", "b")]  # the same address again is no new hint
+    zc.infos["b._asgard._tcp.local."] = FakeInfo("b", "127.0.0.3", 7702)
+    await discovery._handle(zc, "b._asgard._tcp.local.", ServiceStateChange.Updated)
+    assert hints[-1] == ("127.0.0.3:7702", "b")
+    await discovery._handle(zc, "b._asgard._tcp.local.", ServiceStateChange.Removed)
+    assert discovery.statistics()["peer_count"] == 0
+
+
+async def test_unresolvable_and_broken_records_are_counted_not_fatal() -> None:
+    discovery, hints = discovery_with_hints()
+    zc = FakeZeroconf()
+    zc.infos["gone._asgard._tcp.local."] = None
+    zc.infos["evil._asgard._tcp.local."] = ValueError("bad record")
+    for name in zc.infos:
+        await discovery._handle(zc, name, ServiceStateChange.Added)
+    assert discovery.statistics()["resolve_failures"] == 2 and hints == []
+
+
+async def test_the_table_of_discovered_nodes_is_bounded() -> None:
+    discovery, hints = discovery_with_hints()
+    zc = FakeZeroconf()
+    for i in range(MAX_PEERS + 10):
+        zc.infos[f"n{i}._asgard._tcp.local."] = FakeInfo(f"n{i}", "127.0.0.2", 1000 + i)
+    for name in zc.infos:
+        await discovery._handle(zc, name, ServiceStateChange.Added)
+    stats = discovery.statistics()
+    assert (stats["peer_count"], stats["hints"], stats["ignored"]) == (MAX_PEERS, MAX_PEERS, 10)
+    assert len(hints) == MAX_PEERS
