@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import trio
 from pydantic import SecretStr
@@ -36,7 +35,17 @@ from node.mesh.discovery import Discovery
 from node.mesh.election import LeaderElection
 from node.mesh.settings import split_address
 from node.registry import Registry
+from node.relay import LeaseBook, RelayLocks
 from node.relay.service import RelayService
+from node.rpc.node_backend import (
+    Capabilities,
+    NodeAuthenticator,
+    NodeBackend,
+    NodeLocks,
+    NodeRouting,
+    NodeRpc,
+    ServiceBoard,
+)
 from node.storage import Storage, StoreLock, open_storage
 from node.tokens import AuditLog, TokenService, bootstrap_admin
 from node.turn import TurnAddresses, TurnService, TurnSettings
@@ -187,6 +196,7 @@ async def _run_services(
         drained = [api_done]
         if settings.relay.enabled:
             drained.append(await _start_relay(nursery, handle, settings, clock, shutdown))
+        drained.append(await _start_rpc(nursery, handle, settings, clock, shutdown))
         await _start_election(nursery, handle, settings, clock)
         if settings.mesh.enabled and settings.mesh.discovery.mdns:
             await _start_discovery(nursery, handle, settings, clock)
@@ -213,11 +223,14 @@ async def _start_locks(
     nursery: trio.Nursery, handle: NodeHandle, settings: Settings, clock: WallClock
 ) -> None:
     """Start the lock service on the store's journal; publish its statistics and live settings."""
+    book = LeaseBook()  # leases granted on the relay and over gRPC, told when they end
+    journal = SqliteLockJournal(handle.storage)
     locks: LockService = await nursery.start(
-        partial(serve_locks, settings.locks, SqliteLockJournal(handle.storage), wall_clock=clock)
+        partial(serve_locks, settings.locks, journal, event_hook=book.publish, wall_clock=clock)
     )
     handle.api.locks = locks
     handle.extra["locks"] = locks
+    handle.extra["lease_book"] = book
     handle.api.stats_providers["locks"] = locks.statistics
     handle.extra.setdefault("flush_hooks", []).append(locks.flush)
     handle.extra.setdefault("reload_hooks", []).append(lambda new: locks.apply_settings(new.locks))
@@ -258,6 +271,7 @@ async def _start_relay(
         clock=clock,
         node_name=settings.server.node_name,
     )
+    RelayLocks(relay, handle.extra["locks"], handle.extra["lease_book"], clock).install()
     done = trio.Event()
     host = settings.host_for(settings.relay.host)
     serve = partial(relay.serve, shutdown=shutdown)
@@ -265,6 +279,38 @@ async def _start_relay(
     handle.api.stats_providers["relay"] = relay.statistics
     handle.extra["relay"] = relay
     handle.extra.setdefault("reload_hooks", []).append(lambda new: relay.apply_settings(new.relay))
+    return done
+
+
+async def _start_rpc(
+    nursery: trio.Nursery, handle: NodeHandle, settings: Settings, clock: WallClock, shutdown: trio.Event
+) -> trio.Event:
+    """Start the gRPC router over the registry, the relay's router and the lock service."""
+    board = _service_board(handle, settings)
+    locks: LockService = handle.extra["locks"]
+    is_cluster = settings.locks.is_cluster_resource
+    backend = NodeBackend(
+        registry=handle.registry,
+        routing=NodeRouting(handle.extra.get("relay"), handle.registry),
+        locks=NodeLocks(locks, handle.extra["lease_book"], clock, is_cluster),
+        caps=Capabilities(handle.node_id, handle.registry, board, clock.now),
+        api=settings.api,
+    )
+    rpc = NodeRpc(settings.rpc, backend, NodeAuthenticator(handle.tokens), board)
+    for name, factory in handle.extra.get("rpc_services", []):
+        rpc.add_service(name, factory)  # e.g. the mesh's peer links
+    done = trio.Event()
+    host = settings.host_for(settings.rpc.host)
+    serve = partial(rpc.serve, shutdown=shutdown)
+    handle.addresses["rpc"] = await nursery.start(_until_done, done, serve, host)
+    handle.api.stats_providers["rpc"] = rpc.statistics
+    handle.extra["rpc"] = rpc
+
+    def reload(new: Settings) -> None:
+        rpc.apply_settings(new.rpc)
+        backend.apply_settings(new.api)
+
+    handle.extra.setdefault("reload_hooks", []).append(reload)
     return done
 
 
@@ -291,12 +337,8 @@ async def _start_discovery(
         if mesh is not None:
             mesh.add_hint(address, node_id)
 
-    ports: dict[str, int] = {}
-    for name in ("rpc", "relay", "api"):  # announced as host:port or as URLs (ws://host:port/v1/ws)
-        address = handle.addresses.get(name, "")
-        port = urlsplit(address if "://" in address else f"//{address}").port
-        if port:
-            ports[name] = port
+    announced = [name for name in ("rpc", "relay", "api") if name in handle.addresses]
+    ports: dict[str, int] = {name: split_address(handle.addresses[name])[1] for name in announced}
     host = None
     if settings.mesh.advertise_address:
         host, ports["rpc"] = split_address(settings.mesh.advertise_address)
@@ -313,6 +355,24 @@ async def _start_discovery(
     await nursery.start(discovery.run)
     handle.extra["discovery"] = discovery
     handle.api.stats_providers["discovery"] = discovery.statistics
+
+
+def _service_board(handle: NodeHandle, settings: Settings) -> ServiceBoard:
+    """The node's services as GetCapabilities reports them (set once the others are up)."""
+    board = ServiceBoard()
+    board.set("api", "running", address=handle.addresses.get("api", ""), capability="rest")
+    board.set("registry", "running", capability="registry")
+    cluster = "cluster locks on etcd" if settings.locks.etcd_endpoints else ""
+    board.set("locks", "running", detail=cluster, capability="locks")
+    if settings.relay.enabled:
+        board.set("relay", "running", address=handle.addresses.get("relay", ""), capability="routing")
+    else:
+        board.set("relay", "disabled")
+    if settings.turn.enabled:
+        board.set("turn", "running", address=handle.addresses.get("turn", ""), capability="turn")
+    else:
+        board.set("turn", "disabled")
+    return board
 
 
 async def _until_done(

@@ -17,6 +17,7 @@ from node.config._model import (
 from node.locks.settings import LockSettings
 from node.mesh.settings import MeshSettings
 from node.relay.settings import RelaySettings
+from node.rpc.settings import RpcSettings
 from node.turn.settings import TurnSettings
 
 
@@ -31,6 +32,7 @@ class Settings(Section):
     locks: LockSettings = Field(default_factory=LockSettings)
     turn: TurnSettings = Field(default_factory=TurnSettings)
     relay: RelaySettings = Field(default_factory=RelaySettings)
+    rpc: RpcSettings = Field(default_factory=RpcSettings)
     mesh: MeshSettings = Field(default_factory=MeshSettings)
 
     def store_path(self) -> Path:

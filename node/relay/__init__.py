@@ -11,12 +11,15 @@ from node.relay.settings import QueueSettings, RelaySettings
 
 if TYPE_CHECKING:
     from node.relay._link import DeviceLink, FrameHandler
+    from node.relay._locks import LeaseBook, RelayLocks
     from node.relay.service import RelayService, RelayStats
 
 __all__ = [
     "DeviceLink",
     "FrameHandler",
+    "LeaseBook",
     "QueueSettings",
+    "RelayLocks",
     "RelayService",
     "RelaySettings",
     "RelayStats",
@@ -29,6 +32,10 @@ def __getattr__(name: str) -> Any:
         from node.relay import _link
 
         return getattr(_link, name)
+    if name in ("LeaseBook", "RelayLocks"):
+        from node.relay import _locks
+
+        return getattr(_locks, name)
     if name in ("RelayService", "RelayStats"):
         from node.relay import service
 
