@@ -1,6 +1,7 @@
-"""A Trio device client for the relay: connect, register, send, receive, confirm, reconnect."""
+"""A Trio device client for the relay: connect, register, send, receive, confirm, reconnect, lock."""
 
 from node.client._client import FINAL_CLOSE_CODES, ClientSettings, DeviceClient, open_device_client
+from node.client._locks import LockCalls, LockNotice, LockRefusedError
 from node.client._types import (
     Ack,
     ClientError,
@@ -18,6 +19,9 @@ __all__ = [
     "ClientSettings",
     "ConnectionLost",
     "DeviceClient",
+    "LockCalls",
+    "LockNotice",
+    "LockRefusedError",
     "Message",
     "NackError",
     "SeenIds",

@@ -10,7 +10,8 @@ HEARTBEATs, routes ACK/NACK answers to the `send` that waits for them, hands rec
 to the application in order (dropping duplicates by (source, message id)), answers DELIVERED for
 DURABLE ones once the application has taken them, and reconnects with exponential backoff and
 jitter, except when the node ended the session for good (4000 replaced, 4001, 4002, 4003).
-Built on trio-websocket: the client side is not on the node's hot path.
+Lock requests go through `client.locks` (node.client._locks). Built on trio-websocket: the client
+side is not on the node's hot path.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from urllib.parse import urlsplit
 import trio
 import trio_websocket
 
+from node.client._locks import LockCalls
 from node.client._types import Ack, ConnectionLost, Message, NackError, SeenIds, SessionEnded
 from wire import DecodeError
 from wire.device import (
     DATA_TYPES,
+    LOCK_TYPES,
     AnycastPolicy,
     Delivered,
     Event,
@@ -75,6 +78,7 @@ class ClientSettings:
     event_buffer: int = 256
     dedup_capacity: int = 10_000
     auto_delivered: bool = True
+    lock_wait_max_s: float = 3600.0  # an ACQUIRE without wait_s waits at most this (+ ack_timeout_s)
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
@@ -119,6 +123,8 @@ class DeviceClient:
         self._close_requested = trio.Event()
         self._running = False
         self._finished = trio.Event()
+        self.locks = LockCalls(self)
+        """Lock requests on this device's session (node.client._locks)."""
 
     async def wait_connected(self) -> None:
         """Wait until a session is registered (at once when one is)."""
@@ -308,8 +314,12 @@ class DeviceClient:
             elif ftype == FrameType.NACK:
                 nack = decode_nack_untrusted(frame.payload)
                 error = NackError(frame.message_id, nack.reason, nack.detail)
-                if not self._resolve(frame.message_id, error):
+                if not self._resolve(frame.message_id, error) and not self.locks.fail(
+                    frame.message_id, error
+                ):
                     self.unsolicited_nacks.append(error)
+            elif ftype in LOCK_TYPES:
+                self.locks.on_frame(frame)
             elif ftype == FrameType.EVENT:
                 message = decode_control_untrusted(frame)
                 if isinstance(message, Event):
@@ -325,6 +335,7 @@ class DeviceClient:
         return True
 
     def _fail_waiters(self, error: BaseException) -> None:
+        self.locks.fail_all(error)
         for message_id in list(self._waiters):
             self._resolve(message_id, error)
 

@@ -10,10 +10,12 @@ import pytest
 
 from wire.device import (
     DATA_TYPES,
+    LOCK_MESSAGES,
     FrameType,
     capability_id,
     decode_control_untrusted,
     decode_frame_untrusted,
+    decode_lock_untrusted,
     encode_control,
     group_id,
 )
@@ -37,17 +39,21 @@ def examples() -> list[tuple[str, int, bytes]]:
 
 
 def test_every_type_has_an_example() -> None:
-    assert {t for _, t, _ in examples()} == {int(t) for t in FrameType}
+    assert {t for _, t, _ in examples()} == {int(t) for t in FrameType} | set(LOCK_MESSAGES)
 
 
 @pytest.mark.parametrize(("name", "ftype", "raw"), examples(), ids=[e[0] for e in examples()])
 def test_example_decodes_and_reencodes(name: str, ftype: int, raw: bytes) -> None:
     view = decode_frame_untrusted(raw, max_payload=1 << 20)
     assert view.type == ftype
-    assert FrameType(ftype).name == name
-    if ftype in DATA_TYPES:
-        return
-    message = decode_control_untrusted(view)
+    if ftype in LOCK_MESSAGES:  # lock frames (§7): typed messages of their own
+        assert LOCK_MESSAGES[ftype].__name__ == "Lock" + name.capitalize()
+        message = decode_lock_untrusted(view)
+    else:
+        assert FrameType(ftype).name == name
+        if ftype in DATA_TYPES:
+            return
+        message = decode_control_untrusted(view)
     again = encode_control(
         message,
         message_id=view.message_id,
