@@ -47,11 +47,11 @@ async def cluster() -> ClusterOut:
     mode = str(status.get("mode", "standalone"))
     leader: str | None = c.node_id
     if mode == "standalone" or not status:
-        term, is_leader, detail = status.get("term"), True, STANDALONE
+        term, is_leader, detail = status.get("term"), True, str(status.get("detail") or STANDALONE)
     else:
         leader, term = status.get("leader"), status.get("term")
         is_leader = bool(status.get("is_leader"))
-        detail = f"etcd election: {'this node leads' if is_leader else 'leader ' + str(leader or 'unknown')}"
+        detail = str(status.get("detail") or ("this node leads" if is_leader else f"leader: {leader}"))
     return ClusterOut(
         node_id=c.node_id,
         cluster_id=seen.get("cluster_id"),

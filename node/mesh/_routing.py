@@ -48,6 +48,7 @@ _DURABLE = int(Flags.DURABLE)
 _FANOUT_TYPES = (int(FrameType.BROADCAST), int(FrameType.MULTICAST))
 SEEN_CAPACITY = 65_536
 HANDOFF_MAX_BYTES = 1 << 20
+HANDOFF_SCAN_S = 1.0
 
 
 @dataclass(slots=True)
@@ -235,9 +236,11 @@ class MeshRoutes:
     async def run(self, handoff_batch: Callable[[], int]) -> None:
         """Commit DURABLE frames from peers, take and hand off queued frames, until cancelled."""
         while True:
-            with trio.move_on_after(1.0):
+            with trio.move_on_after(HANDOFF_SCAN_S) as idle:
                 await self._wake.wait()
             self._wake = trio.Event()
+            if idle.cancelled_caught:  # e.g. DURABLE broadcasts queued here for devices homed elsewhere
+                self.handoff_due = True
             while self._durable:
                 link, item = self._durable.popleft()
                 try:

@@ -11,7 +11,7 @@ import trio
 
 from node.client import DeviceClient, open_device_client
 from tests.mesh.conftest import WAIT_S, MeshNode, StartNode, linked, until
-from wire.device import AckStatus, FrameType
+from wire.device import AckStatus, FrameType, Join, group_id
 
 TEST_TIMEOUT_S = 60
 
@@ -82,6 +82,25 @@ async def test_mesh_forms_and_routes_across_nodes(start_node: StartNode) -> None
             fanout = [(await n.mesh_stats())["routing"] for n in nodes]
             assert sum(r["fanout_delivered"] for r in fanout) == 2
             assert all(r["dropped"].get("duplicate", 0) == 0 for r in fanout)
+
+            # multicast: the group's members are on B and C; A knows nothing of the group
+            for member in (on_b, on_c):
+                await member.control(Join(network_id=member.network_id, group="lights"))
+            lights = group_id(on_a.network_id, "lights")
+            ack = await on_a.send(lights, b"lights", kind=FrameType.MULTICAST)
+            assert ack is not None and ack.status == AckStatus.FORWARDED
+            for receiver in (on_b, on_c):
+                got = await receiver.receive()
+                assert (got.type, got.payload) == (FrameType.MULTICAST, b"lights")
+
+            # DURABLE broadcast: queued at A for the members homed on B and C, handed off to them
+            ack = await on_a.send(on_a.network_id.bytes, b"kept", kind=FrameType.BROADCAST, durable=True)
+            assert ack is not None and ack.status == AckStatus.QUEUED and ack.recipients == 2
+            for receiver in (on_b, on_c):
+                got = await receiver.receive()
+                assert (got.type, got.payload, got.durable) == (FrameType.BROADCAST, b"kept", True)
+                await on_a.send(receiver.device_id, b"marker")
+                assert (await receiver.receive()).payload == b"marker"
             assert on_b.duplicates == on_c.duplicates == 0
             await on_a.aclose()
             await stack.aclose()
@@ -95,6 +114,7 @@ async def moving_device_keeps_receiving(
     B's device everywhere, gets the queued message (handed from A to B) and new ones over B."""
 
     tok_a_on_b = await b.token_for(dev_a, network)
+    handed_off = (await a.mesh_stats())["routing"]["handed_off"]
     async with client(c, dev_c, tok_c, network) as on_c:
         ack = await on_c.send(uuid.UUID(dev_a), b"while away", durable=True)
         assert ack is not None and ack.status in (AckStatus.FORWARDED, AckStatus.QUEUED)
@@ -111,4 +131,4 @@ async def moving_device_keeps_receiving(
             assert ack is not None and ack.status == AckStatus.FORWARDED
             assert (await moved.receive()).payload == b"after the move"
     routing = (await a.mesh_stats())["routing"]
-    assert routing["handed_off"] == 1
+    assert routing["handed_off"] == handed_off + 1
