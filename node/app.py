@@ -33,6 +33,7 @@ from node.locks.sqlite_journal import SqliteLockJournal
 from node.logs import Logs, event, logger
 from node.mesh.discovery import Discovery
 from node.mesh.election import LeaderElection
+from node.mesh.service import SERVICE_NAME, Mesh
 from node.mesh.settings import split_address
 from node.registry import Registry
 from node.relay import LeaseBook, RelayLocks
@@ -196,7 +197,11 @@ async def _run_services(
         drained = [api_done]
         if settings.relay.enabled:
             drained.append(await _start_relay(nursery, handle, settings, clock, shutdown))
+        if settings.mesh.enabled:
+            drained.append(await _start_mesh(nursery, handle, settings, clock, audit, shutdown))
         drained.append(await _start_rpc(nursery, handle, settings, clock, shutdown))
+        if "mesh" in handle.extra:
+            handle.extra["mesh"].set_address(handle.addresses["rpc"])
         await _start_election(nursery, handle, settings, clock)
         if settings.mesh.enabled and settings.mesh.discovery.mdns:
             await _start_discovery(nursery, handle, settings, clock)
@@ -311,6 +316,40 @@ async def _start_rpc(
         backend.apply_settings(new.api)
 
     handle.extra.setdefault("reload_hooks", []).append(reload)
+    return done
+
+
+async def _start_mesh(
+    nursery: trio.Nursery,
+    handle: NodeHandle,
+    settings: Settings,
+    clock: WallClock,
+    audit: AuditLog,
+    shutdown: trio.Event,
+) -> trio.Event:
+    """Start the mesh (peer links on the gRPC router, registry sync, cross-node routing)."""
+    relay: RelayService | None = handle.extra.get("relay")
+    mesh = Mesh(
+        settings.mesh,
+        node_id=handle.node_id,
+        node_name=settings.server.node_name,
+        storage=handle.storage,
+        relay=relay,
+        audit=audit,
+        wall=clock,
+        election=lambda: handle.extra.get("election"),
+    )
+    if relay is not None and mesh.routes is not None:
+        relay.router.peers = mesh.routes
+        relay.on_session_opened(
+            lambda link: mesh.session_opened(link.device.device_id) if link.device else None
+        )
+    handle.extra.setdefault("rpc_services", []).append((SERVICE_NAME, mesh.rpc_service))
+    done = trio.Event()
+    await nursery.start(_until_done, done, partial(mesh.run, shutdown=shutdown))
+    handle.extra["mesh"] = mesh
+    handle.api.stats_providers["mesh"] = mesh.statistics
+    handle.extra.setdefault("reload_hooks", []).append(lambda new: mesh.apply_settings(new.mesh))
     return done
 
 
