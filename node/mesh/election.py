@@ -193,10 +193,11 @@ class LeaderElection:
             event(log, 20, "leader", leader=_node_of(head), term=head.create_revision, is_leader=own)
 
     def _lose(self, reason: str) -> None:
-        was_leader = self.state.is_leader(trio.current_time())
-        self.state.lost(trio.current_time(), self._clock.now(), reason)
+        now = trio.current_time()
+        was_leader, before = self.state.is_leader(now), self.state.view()
+        self.state.lost(now, self._clock.now(), reason)
         self._entry = None
-        level = 30 if was_leader else 20
+        level = 30 if was_leader else 20 if self.state.view() != before else 10  # once, not per retry
         event(log, level, "no leader known", node_id=self.node_id, reason=reason, was_leader=was_leader)
 
     # ------------------------------------------------------------ leader-only duty

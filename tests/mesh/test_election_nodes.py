@@ -19,6 +19,10 @@ import httpx
 import pytest
 import trio
 
+from node.clock import WallClock
+from node.locks.etcd import open_etcd_client
+from node.mesh.election import LeaderElection
+from node.mesh.settings import ElectionSettings
 from tests.e2e.nodeproc import NodeProcess, node_env, start_node_process
 from tests.locks.conftest import EtcdProcess
 
@@ -184,3 +188,26 @@ async def test_failover_history_and_etcd_loss(spawn: Spawn, etcd: EtcdProcess) -
     for view in back:  # every node saw the terms in order, ending with the newest
         changes = [c["term"] for c in view["history"] if c["term"] is not None]
         assert changes == sorted(changes) and changes[-1] == third["term"], view["history"]
+
+
+async def test_a_deposed_leader_is_fenced_out_by_etcd(etcd: EtcdProcess) -> None:
+    """The housekeeping write carries the term: once the leader's key is gone (its lease lapsed
+    while it was paused, say), etcd refuses the write even though the node still tries."""
+    settings = ElectionSettings(
+        etcd_endpoints=(etcd.endpoint,), lease_ttl_s=TTL_S, housekeeping_interval_s=3600
+    )
+    election = LeaderElection(settings, node_id="solo", cluster_id=CLUSTER, clock=WallClock())
+    async with trio.open_nursery() as nursery, open_etcd_client([etcd.endpoint]) as client:
+        await nursery.start(election.run)
+        with trio.fail_after(10):
+            while (term := election.term()) is None:
+                await trio.sleep(POLL_S)
+        entry = election._entry
+        assert entry is not None and entry.revision == term
+        assert await election._write_summary(client, entry, term) == (["solo"], True)
+        await client.delete(entry.key)  # what etcd does when the lease lapses
+        _, written = await election._write_summary(client, entry, term)
+        assert written is False
+        record = await housekeeping_record(etcd)
+        assert record is not None and record["term"] == term
+        nursery.cancel_scope.cancel()
