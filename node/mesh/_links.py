@@ -19,6 +19,7 @@ from node.rpc._peer import PeerStream
 from node.rpc._peer_model import Challenge, Hello, PeerMessage, Proof, Ready
 
 _M = TypeVar("_M", bound=PeerMessage)
+SELF_LINK = "a node cannot link to itself"  # e.g. one peer list, own address included, on every node
 
 
 class Refused(Exception):
@@ -107,7 +108,7 @@ async def accept_handshake(
     reason = _hello_problem(hello, me, allowed)
     if reason is not None:
         await _refuse(stream, reason)
-        raise Refused(reason, peer=peer, security=True)
+        raise Refused(reason, peer=peer, security=reason != SELF_LINK)
     nonce = auth.new_nonce()
     text = auth.transcript(me.cluster_id, peer, me.node_id, hello.nonce, nonce)
     mine = auth.proof(key, auth.ACCEPTOR, text)
@@ -131,7 +132,7 @@ def _hello_problem(hello: Hello, me: Identity, allowed: tuple[str, ...]) -> str 
     if not auth.valid_node_id(hello.node_id) or not auth.valid_nonce(hello.nonce):
         return "malformed hello"
     if hello.node_id == me.node_id:
-        return "a node cannot link to itself"
+        return SELF_LINK
     if allowed and hello.node_id not in allowed:
         return "node not in mesh.allowed_nodes"
     return None

@@ -11,6 +11,7 @@ to end, and a lost link is dialled again with exponential backoff and jitter.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from node.clock import WallClock
 from node.errors import Unavailable
 from node.logs import event, logger
 from node.mesh import _auth as auth
-from node.mesh._links import Identity, Link, PeerInfo, Refused, accept_handshake, dial_handshake
+from node.mesh._links import SELF_LINK, Identity, Link, PeerInfo, Refused, accept_handshake, dial_handshake
 from node.mesh._linkstate import Backoff, LinkHealth, keep_link_dialled_by
 from node.mesh._routing import MeshRoutes
 from node.mesh._sync import Sync
@@ -54,6 +55,10 @@ if TYPE_CHECKING:
 log = logger("mesh")
 
 SERVICE_NAME = "asgard.v1.Mesh"
+
+
+class _SelfAddress(Exception):
+    """A dialled address turned out to be this node's own."""
 
 
 @dataclass(slots=True)
@@ -199,7 +204,7 @@ class Mesh:
     async def _dial_loop(self, address: str, scope: trio.CancelScope) -> None:
         link_settings = self.settings.link
         backoff = Backoff(link_settings.backoff_initial_s, link_settings.backoff_max_s, self._rng)
-        with scope:
+        with scope, contextlib.suppress(_SelfAddress):
             while True:
                 await self._wait_while_linked(address)
                 if await self._dial_once(address):
@@ -207,8 +212,8 @@ class Mesh:
                     continue
                 backoff.reshape(self.settings.link.backoff_initial_s, self.settings.link.backoff_max_s)
                 await trio.sleep(backoff.next_delay())
-        if self._dialers.get(address) is scope:
-            del self._dialers[address]
+        if self._dialers.get(address) is scope and scope.cancel_called:
+            del self._dialers[address]  # (an own address keeps its entry: it is not dialled again)
 
     async def _wait_while_linked(self, address: str) -> None:
         while (peer := self._address_owner.get(address)) in self.links:
@@ -233,6 +238,9 @@ class Mesh:
                 await self._run_link(stream, peer, dialer=self.node_id)
                 return True
         except Refused as exc:
+            if exc.reason.endswith(SELF_LINK):  # this address is this node: never dial it again
+                self._address_owner[address] = self.node_id
+                raise _SelfAddress from None
             self._refused(exc, address, outbound=True)
         except (Unavailable, trio.TooSlowError, trio.EndOfChannel, trio.BrokenResourceError) as exc:
             self.stats.dial_failures += 1

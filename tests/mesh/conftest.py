@@ -73,7 +73,10 @@ class MeshNode:
         return {m["node_id"]: m["devices"] for m in (await self.cluster())["members"] if m["devices"]}
 
     def write_mesh(self, peers: list[str], **mesh: Any) -> None:
-        self.config.write_text(mesh_toml(peers, **mesh))
+        """Replace the node's config file at once (the watcher must never see half a file)."""
+        partial = self.config.with_suffix(".new")
+        partial.write_text(mesh_toml(peers, **mesh))
+        partial.replace(self.config)
 
     async def register(self, network: str, name: str = "dev") -> tuple[str, str]:
         """Register a device here (this node is its home); returns (device id, device token)."""

@@ -8,6 +8,7 @@ anti-entropy every node holds the same records, one version of the doubly regist
 
 from __future__ import annotations
 
+import signal
 import uuid
 
 import trio
@@ -71,3 +72,15 @@ async def test_a_node_without_the_cluster_secret_is_refused(start_node: StartNod
         audit = (await a.get("/api/v1/admin/audit?action=mesh.link"))["items"]
         assert audit and audit[0]["outcome"] == "denied"
         assert audit[0]["actor"] == f"node:{intruder.node_id}"
+
+        # a peer list that names the node itself (one list for every node) is no security event
+        intruder.process.signal(signal.SIGTERM)
+        await intruder.process.wait(10)
+        before = await a.mesh_stats()
+        a.write_mesh([a.rpc])
+
+        async def self_refused() -> bool:
+            return int((await a.mesh_stats())["refused"]) > before["refused"]
+
+        await until(self_refused, "A refuses to link to itself")
+        assert (await a.mesh_stats())["security_events"] == before["security_events"]
