@@ -124,6 +124,7 @@ class Discovery:
         self._names: dict[str, str] = {}  # service name -> node id
         self._counts = {"hints": 0, "ignored": 0, "resolve_failures": 0, "dropped_events": 0}
         self.announced = False
+        self.error: str | None = None
         self._send, self._receive = trio.open_memory_channel[tuple[str, ServiceStateChange]](EVENT_QUEUE)
 
     def statistics(self) -> dict[str, Any]:
@@ -137,7 +138,8 @@ class Discovery:
             }
             for a, at in self.peers.values()
         ]
-        return {"announced": self.announced, "peer_count": len(peers), "peers": peers, **self._counts}
+        doc = {"announced": self.announced, "error": self.error, "peer_count": len(peers), "peers": peers}
+        return doc | self._counts
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Announce, browse and resolve until cancelled; unregister and close on the way out."""
@@ -149,19 +151,25 @@ class Discovery:
         token = trio.lowlevel.current_trio_token()
         try:
             task_status.started()
-            # Probing and announcing take ~1.7 s (RFC 6762 §8); a name conflict picks another name.
-            await trio.to_thread.run_sync(partial(zc.register_service, info, allow_name_change=True))
-            self.announced = True
-            event(log, 20, "mdns announced", name=info.name, interfaces=list(self._settings.interfaces))
-            handler = partial(self._from_zeroconf_thread, token)
-            browser = await trio.to_thread.run_sync(
-                partial(ServiceBrowser, zc, SERVICE_TYPE, handlers=[handler])
-            )
+            try:
+                # Probing and announcing take ~1.7 s (RFC 6762 §8); a conflict picks another name.
+                await trio.to_thread.run_sync(partial(zc.register_service, info, allow_name_change=True))
+                self.announced = True
+                event(log, 20, "mdns announced", name=info.name, interfaces=list(self._settings.interfaces))
+                handler = partial(self._from_zeroconf_thread, token)
+                browser = await trio.to_thread.run_sync(
+                    partial(ServiceBrowser, zc, SERVICE_TYPE, handlers=[handler])
+                )
+            except Exception as exc:  # mDNS is a convenience: the node runs on without it
+                self.error = repr(exc)[:300]
+                event(log, 40, "mdns discovery failed; static peers only", error=self.error)
+                return
             async for name, change in self._receive:
                 await self._handle(zc, name, change)
         finally:
+            # Bounded even if zeroconf hangs: the worker is abandoned after 5 s (a daemon thread).
             with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await trio.to_thread.run_sync(self._close, zc, browser, info)
+                await trio.to_thread.run_sync(self._close, zc, browser, info, abandon_on_cancel=True)
 
     # ------------------------------------------------------------ zeroconf thread -> Trio
 
