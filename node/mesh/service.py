@@ -220,7 +220,7 @@ class Mesh:
             await self.links[peer].stream.closed.wait()
 
     async def _dial_once(self, address: str) -> bool:
-        """One attempt; True when a link was established (and has ended since)."""
+        """One attempt; True when a link was established and taken (and has ended since)."""
         assert self._island is not None
         host, port = split_address(address)
         ls = self.settings.link
@@ -235,8 +235,7 @@ class Mesh:
                 with trio.fail_after(ls.handshake_timeout_s):
                     peer = await dial_handshake(stream, self._identity(), self._key)
                 self._address_owner[address] = peer.node_id
-                await self._run_link(stream, peer, dialer=self.node_id)
-                return True
+                return await self._run_link(stream, peer, dialer=self.node_id)
         except Refused as exc:
             if exc.reason.endswith(SELF_LINK):  # this address is this node: never dial it again
                 self._address_owner[address] = self.node_id
@@ -282,16 +281,18 @@ class Mesh:
         )
 
     # ------------------------------------------------------------------ a running link
-    async def _run_link(self, stream: PeerStream, peer: PeerInfo, *, dialer: str) -> None:
+    async def _run_link(self, stream: PeerStream, peer: PeerInfo, *, dialer: str) -> bool:
+        """Run an authenticated link until it ends; False when it was not taken (not allowed here,
+        or the other link between the pair is the one kept)."""
         link = Link(peer, stream, dialer, trio.current_time(), LinkHealth(trio.current_time()))
         allowed = self.settings.allowed_nodes
         if allowed and peer.node_id not in allowed:  # the acceptor checked it; the dialer does too
             stream.send_nowait(Goodbye("not in mesh.allowed_nodes"))
             self.stats.refused += 1
-            return
+            return False
         if not self._adopt(link):
             stream.send_nowait(Goodbye("duplicate link"))
-            return
+            return False
         event(log, 20, "mesh link up", peer=peer.node_id, address=peer.address, dialer=dialer == self.node_id)
         stream.set_handler(partial(self._on_message, link))
         self.sync.link_opened(link)
@@ -307,6 +308,7 @@ class Mesh:
                 self.routes.link_closed(link)
             self.stats.closed += 1
             event(log, 20, "mesh link down", peer=peer.node_id, error=str(stream.error or ""))
+        return True
 
     def _adopt(self, link: Link) -> bool:
         """Make `link` the link to its peer unless the one already there is to be kept."""
