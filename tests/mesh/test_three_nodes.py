@@ -5,7 +5,7 @@ a device that moves from A to B keeps receiving (including what was queued for i
 from __future__ import annotations
 
 import uuid
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 
 import trio
 
@@ -38,8 +38,10 @@ async def shared_network(nodes: list[MeshNode]) -> str:
     return network
 
 
-def client(node: MeshNode, device: str, token: str, network: str) -> DeviceClient:
-    return open_device_client(node.relay, token=token, device_id=device, network_id=network, reconnect=False)  # type: ignore[return-value]
+def client(
+    node: MeshNode, device: str, token: str, network: str
+) -> AbstractAsyncContextManager[DeviceClient]:
+    return open_device_client(node.relay, token=token, device_id=device, network_id=network, reconnect=False)
 
 
 async def test_mesh_forms_and_routes_across_nodes(start_node: StartNode) -> None:
