@@ -6,6 +6,11 @@ unary     sequential Send calls, each a new HTTP/2 stream; latency per call.
 pingpong  one Connect stream; send one frame, wait for its echo, repeat; latency per round trip.
 stream    one Connect stream; a sender task writes --count frames as fast as it can while the
           reader counts echoes; rate = frames / time from first send to last echo.
+Against a full node (`--node TOKEN DEVICE NETWORK`, server kind "node") the frames are real
+DIRECT device frames from DEVICE to itself: the Connect stream first registers DEVICE (a device
+session), and the node's router sends each frame back to that session, byte for byte — the
+"echo" is real routing. For unary, a second Connect stream registered as DEVICE drains the
+routed frames while the Send calls run (Send to an offline device would be refused).
 Prints one JSON object. Loopback only; the whole run has a hard deadline (--deadline).
 """
 
@@ -16,6 +21,7 @@ import asyncio
 import json
 import sys
 import time
+import uuid
 from typing import Any
 
 import uvloop
@@ -26,11 +32,41 @@ from protos.gen.asgard import v1 as pb
 
 METADATA = {"authorization": "Bearer asg_bench"}
 CONNECT = "/asgard.v1.Routing/Connect"
+NODE: dict[str, str] = {}  # token, device, network when benchmarking a full node
 
 
 def frame(i: int, size: int) -> bytes:
-    """A device-frame-shaped blob: version, type DIRECT, flags, message id, then padding."""
+    """A device-frame-shaped blob: version, type DIRECT, flags, message id, then padding; against
+    a node, a real DIRECT frame from the bench device to itself (`size` bytes in all)."""
+    if NODE:
+        device = uuid.UUID(NODE["device"]).bytes
+        header = bytes([1, 0x10, 0, 0]) + i.to_bytes(8, "big") + device + device
+        payload = bytes(max(0, size - 48))
+        return header + len(payload).to_bytes(4, "big") + payload
     return bytes([1, 0x10, 0, 0]) + i.to_bytes(8, "big") + bytes(max(0, size - 12))
+
+
+async def register(stream: Any) -> None:
+    """Against a node: WELCOME in, REGISTER out, REGISTERED in (a device session)."""
+    if not NODE:
+        return
+    await stream.recv_message()  # WELCOME
+    body = json.dumps(
+        {"device_id": NODE["device"], "network_id": NODE["network"], "name": "bench", "world_type": "virtual"}
+    ).encode()
+    device = uuid.UUID(NODE["device"]).bytes
+    header = (
+        bytes([1, 0x03, 0, 0]) + (1).to_bytes(8, "big") + device + bytes(16) + len(body).to_bytes(4, "big")
+    )
+    await stream.send_message(pb.ConnectFrame(frame=header + body))
+    while True:
+        reply = await stream.recv_message()
+        if reply is None:
+            raise RuntimeError("the node ended the session before REGISTERED")
+        if reply.frame[1] == 0x04:
+            return
+        if reply.frame[1] == 0x07:
+            raise RuntimeError(f"REGISTER refused: {reply.frame[48:]!r}")
 
 
 def summary(samples_ns: list[int], elapsed_s: float, count: int) -> dict[str, float]:
@@ -51,6 +87,27 @@ def summary(samples_ns: list[int], elapsed_s: float, count: int) -> dict[str, fl
 
 
 async def unary(channel: Channel, count: int, warmup: int, size: int) -> dict[str, float]:
+    if NODE:  # the destination must be online: a session that drains what is routed to it
+        async with channel.request(
+            CONNECT, Cardinality.STREAM_STREAM, pb.ConnectFrame, pb.ConnectFrame, metadata=METADATA
+        ) as drain:
+            await drain.send_request()
+            await register(drain)
+            task = asyncio.get_running_loop().create_task(_drain(drain))
+            try:
+                return await _unary(channel, count, warmup, size)
+            finally:
+                task.cancel()
+                await drain.cancel()
+    return await _unary(channel, count, warmup, size)
+
+
+async def _drain(stream: Any) -> None:
+    async for _ in stream:
+        pass
+
+
+async def _unary(channel: Channel, count: int, warmup: int, size: int) -> dict[str, float]:
     stub = pb.RoutingStub(channel, timeout=5, metadata=METADATA)
     samples = []
     start = time.perf_counter()
@@ -72,6 +129,7 @@ async def pingpong(channel: Channel, count: int, warmup: int, size: int) -> dict
         CONNECT, Cardinality.STREAM_STREAM, pb.ConnectFrame, pb.ConnectFrame, metadata=METADATA
     ) as stream:
         await stream.send_request()
+        await register(stream)
         start = time.perf_counter()
         for i in range(warmup + count):
             payload = frame(i, size)
@@ -97,19 +155,29 @@ async def throughput(channel: Channel, count: int, size: int) -> dict[str, float
         CONNECT, Cardinality.STREAM_STREAM, pb.ConnectFrame, pb.ConnectFrame, metadata=METADATA
     ) as stream:
         await stream.send_request()
+        await register(stream)
 
         async def send_all() -> None:
             for i in range(count):
                 await stream.send_message(pb.ConnectFrame(frame=frame(i, size)))
-            await stream.end()
+            if not NODE:
+                await stream.end()
 
         start = time.perf_counter()
         sender = asyncio.get_running_loop().create_task(send_all())
         received = 0
         async for _ in stream:
             received += 1
+            if NODE and received == count:
+                # A node's session ends at the half-close, dropping what it has not written yet
+                # (as a WebSocket close would): half-close only once every echo is in.
+                break
         elapsed = time.perf_counter() - start
         await sender
+        if NODE:
+            await stream.end()
+            async for _ in stream:
+                pass
     assert received == count, (received, count)
     return summary([], elapsed, count)
 
@@ -137,7 +205,11 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--deadline", type=float, default=120.0)
+    parser.add_argument("--node", nargs=3, metavar=("TOKEN", "DEVICE", "NETWORK"), help="a full node")
     args = parser.parse_args()
+    if args.node:
+        NODE.update(zip(("token", "device", "network"), args.node, strict=True))
+        METADATA["authorization"] = f"Bearer {args.node[0]}"
     print(json.dumps(uvloop.run(run(args))), flush=True)
     return 0
 

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 PY = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SERVER_KINDS = ("asgard", "asgard-swi", "plain", "plain-uvloop")
+SERVER_KINDS = ("asgard", "asgard-swi", "plain", "plain-uvloop", "node")
 
 
 def free_port() -> int:
@@ -51,8 +51,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def server(kind: str) -> Iterator[tuple[int, int]]:
-    """Start a server process; yield (port, pid); stop it (SIGTERM, then SIGKILL) afterwards."""
+def server(kind: str) -> Iterator[tuple[int, int, list[str]]]:
+    """Start a server process; yield (port, pid, client options); stop it (SIGTERM, then SIGKILL)."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
@@ -67,7 +67,8 @@ def server(kind: str) -> Iterator[tuple[int, int]]:
         line = proc.stdout.readline() if proc.stdout else ""
         if not line.startswith("READY"):
             raise RuntimeError(f"{kind} server did not start: {line!r}")
-        yield port, proc.pid
+        extra = line.split()[2:]  # the node: token, device, network for the client
+        yield port, proc.pid, (["--node", *extra] if extra else [])
     finally:
         with_group(proc, signal.SIGTERM)
         try:
@@ -84,9 +85,9 @@ def with_group(proc: subprocess.Popen[str], sig: int) -> None:
         os.killpg(proc.pid, sig)
 
 
-def client(mode: str, port: int, count: int, warmup: int, size: int) -> dict[str, Any]:
+def client(mode: str, port: int, count: int, warmup: int, size: int, options: list[str]) -> dict[str, Any]:
     cmd = [PY, "-m", "bench.rpc.client", mode, "--port", str(port), "--count", str(count),
-           "--warmup", str(warmup), "--size", str(size)]  # fmt: skip
+           "--warmup", str(warmup), "--size", str(size), *options]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300, check=True)
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -94,10 +95,10 @@ def client(mode: str, port: int, count: int, warmup: int, size: int) -> dict[str
 
 def one_run(kind: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
     count = args.stream_count if mode == "stream" else args.count
-    with server(kind) as (port, pid):
-        client(mode, port, min(200, count), 50, args.size)  # connection and code paths warm
+    with server(kind) as (port, pid, options):
+        client(mode, port, min(200, count), 50, args.size, options)  # connection and code paths warm
         before = cpu_seconds(pid)
-        result = client(mode, port, count, args.warmup, args.size)
+        result = client(mode, port, count, args.warmup, args.size, options)
         result["server_cpu_s"] = cpu_seconds(pid) - before
     result["server"] = kind
     return result

@@ -4,10 +4,13 @@
     python -m bench.rpc.servers plain  --port N   # reference: a plain grpclib server on asyncio
     python -m bench.rpc.servers asgard-swi --port N   # Asgard with sys.setswitchinterval(0.5 ms)
     python -m bench.rpc.servers plain-uvloop --port N # the reference on uvloop
+    python -m bench.rpc.servers node --port N     # the whole node (run_node): real routing
 
 Both use the same generated betterproto2 messages and answer the same way; the reference is what
 a user would write without Trio: handlers answer inside the asyncio loop (no auth, no bridge).
-Each prints "READY <port>" when listening and stops on SIGTERM/SIGINT.
+Each prints "READY <port>" when listening and stops on SIGTERM/SIGINT. The node prints
+"READY <port> <token> <device> <network>": a service token, and the device and network the client
+registers its Connect session as (see bench/rpc/client.py).
 """
 
 from __future__ import annotations
@@ -87,13 +90,49 @@ def _asgard(port: int) -> None:
     trio.run(main)
 
 
+def _node(port: int) -> None:
+    import tempfile
+    import uuid
+    from functools import partial
+    from pathlib import Path
+
+    import trio
+
+    from node.app import ephemeral_overrides, run_node
+    from node.auth import SYSTEM, Role
+    from node.config import load_settings
+
+    async def main() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            values = ephemeral_overrides(Path(tmp)) | {
+                "rpc.port": port,
+                "rpc.reflection": False,
+                "logging.console": False,
+                "turn.enabled": False,
+            }
+            settings = load_settings(None, environ={}, overrides=values).settings
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async with trio.open_nursery() as nursery:
+                    handle = await nursery.start(partial(run_node, settings, handle_signals=False))
+                    network = await handle.registry.create_network(SYSTEM, "bench")
+                    secret, _ = await handle.tokens.create(name="bench", role=Role.SERVICE)
+                    print(f"READY {port} {secret} {uuid.uuid4()} {network.network_id}", flush=True)
+                    async for _ in signals:
+                        handle.stop()
+                        break
+
+    trio.run(main)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["asgard", "asgard-swi", "plain", "plain-uvloop"])
+    parser.add_argument("kind", choices=["asgard", "asgard-swi", "plain", "plain-uvloop", "node"])
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     if args.kind == "asgard":
         _asgard(args.port)
+    elif args.kind == "node":
+        _node(args.port)
     elif args.kind == "asgard-swi":
         # Experiment: two busy threads hand the GIL over faster with a shorter switch interval.
         sys.setswitchinterval(0.0005)
