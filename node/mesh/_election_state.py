@@ -8,9 +8,10 @@ create revision is the leader's *term* (the fencing token of leader-only duties)
 
 In etcd mode the node's knowledge is a *view* that is valid only while its own lease is: a node
 whose lease may have lapsed (no keepalive answered within the TTL) cannot know who leads, because
-etcd may already have deleted keys, its own included. So every read takes `now` and the lease's
-`valid_until` (Trio clock, conservative: send time of the last answered keepalive + TTL) and
-answers "no leader known" past it. Hence the safety rule: `is_leader` is true only while
+etcd may already have deleted keys, its own included. So a view is recorded with the lease's
+`valid_until` (Trio clock, conservative: send time of the last answered keepalive + TTL), every
+read takes `now`, and past `valid_until` the answer is "no leader known". Hence the safety rule:
+`is_leader` is true only while
 
     won (our key was the oldest when we last read the queue)  and  now < valid_until
 
@@ -25,7 +26,7 @@ Transitions (the service calls them; each records a change in the bounded histor
 (leader, term) pair changes):
 
     unknown --observed(other)--> following --observed(self key)/won--> leading
-    any --lost/expired--> unknown          (lease gone, etcd unreachable, watch broken)
+    any --lost/expired--> unknown          (lease gone or lapsed, etcd unreachable)
 
 Our own leadership intervals ("tenures": term, start, end in wall time) are kept separately, so
 anyone can check that no two nodes claimed overlapping terms. A tenure that ends because the lease

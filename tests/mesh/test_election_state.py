@@ -100,3 +100,21 @@ def test_history_is_bounded() -> None:
     for term in range(1, 20):
         state.observed(f"n{term}", term, own=False, valid_until=100.0, now=float(term), wall=WALL0 + term)
     assert [c.term for c in state.history] == [16, 17, 18, 19]
+
+
+def test_a_renewal_extends_only_a_view_that_is_still_valid() -> None:
+    state = etcd_state()
+    state.observed("me", 42, own=True, valid_until=10.0, now=1.0, wall=WALL0 + 1)
+    state.renewed(valid_until=13.0, now=9.0, wall=WALL0 + 9)
+    assert state.is_leader(12.9)
+    state.renewed(valid_until=12.0, now=10.0, wall=WALL0 + 10)  # never shortened by a late answer
+    assert state.is_leader(12.9)
+    state.renewed(valid_until=30.0, now=13.5, wall=WALL0 + 13.5)  # too late: the claim had lapsed
+    assert not state.is_leader(14.0)
+    assert state.tenures[-1].ended_at == WALL0 + 13
+    state.observed("me", 42, own=True, valid_until=30.0, now=14.0, wall=WALL0 + 14)  # read again
+    assert state.is_leader(14.0)
+    assert [(t.term, t.started_at, t.ended_at) for t in state.tenures] == [
+        (42, WALL0 + 1, WALL0 + 13),
+        (42, WALL0 + 14, None),
+    ]
