@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
+from node.errors import StoreError
 from node.logs import event, logger
 from node.mesh._links import Link
 from node.mesh._linkstate import RecentlySeen, fan_out
@@ -84,7 +85,7 @@ class MeshRoutes:
         self.hop_limit = hop_limit
         self.stats = RoutingStats()
         self._seen = RecentlySeen(SEEN_CAPACITY)
-        self._durable: deque[tuple[Link | None, FrameView]] = deque()
+        self._durable: deque[tuple[Link, object]] = deque()  # DURABLE frames, handoffs, acks
         self._handoffs: dict[int, tuple[str, list[tuple[bytes, int]], Link]] = {}
         self._batch_ids = itertools.count(1)
         self._wake = trio.Event()
@@ -131,37 +132,41 @@ class MeshRoutes:
         """Deliver frames for this node's devices (inline writes, as the relay's own reader does)."""
         hub = self.relay.hub
         hub.active = True
-        queued = False
+        durable: list[FrameView] = []
         try:
             for i, raw in enumerate(message.frames):
                 hops = message.hops[i] if i < len(message.hops) else self.hop_limit
-                queued |= self._one(link, raw, hops)
+                frame = self._one(link, raw, hops)
+                if frame is not None:
+                    durable.append(frame)
         finally:
             hub.flush()
         link.frames_in += len(message.frames)
-        return not queued
+        if not durable:
+            return True
+        self._durable.append((link, durable))  # the message's credit returns once they are stored
+        self._wake.set()
+        return False
 
-    def _one(self, link: Link, raw: bytes, hops: int) -> bool:
-        """Route one frame; True when it went to the durable queue (the link's credit waits)."""
+    def _one(self, link: Link, raw: bytes, hops: int) -> FrameView | None:
+        """Route one frame; a DURABLE one that stays here is returned (to be stored first)."""
         self.stats.received += 1
         frame = self._decode(raw)
         if frame is None or frame.type != FrameType.DIRECT:
             self.stats.drop("bad_frame")
-            return False
+            return None
         session = self.relay.table.sessions.get(frame.destination)
         if session is None and self._relay_on(link, frame, hops):
-            return False
+            return None
         if frame.flags & _DURABLE:
-            self._durable.append((link, frame))
-            self._wake.set()
-            return True
+            return frame
         if session is None:
             self.stats.drop("offline")
         elif session.outbox.offer(raw):
             self.stats.delivered += 1
         else:
             self.stats.drop("outbox_full")
-        return False
+        return None
 
     def _relay_on(self, link: Link, frame: FrameView, hops: int) -> bool:
         """Pass a frame on to the device's new home; False when it stays here."""
@@ -228,7 +233,7 @@ class MeshRoutes:
     # ------------------------------------------------------------------ handoff messages
     def receive_handoff(self, link: Link, message: PeerMessage) -> bool:
         """Handoff batches and their acks are handled by `run` (store writes)."""
-        self._durable.append((link, message))  # type: ignore[arg-type]
+        self._durable.append((link, message))
         self._wake.set()
         return False
 
@@ -245,30 +250,41 @@ class MeshRoutes:
                 link, item = self._durable.popleft()
                 try:
                     await self._durable_item(link, item)
+                except StoreError as exc:  # not acknowledged: a handoff is sent again later
+                    self.stats.drop("store_error")
+                    event(log, 40, "mesh routing: store write failed", error=exc.detail)
                 finally:
-                    if link is not None:
-                        link.stream.consumed()
+                    link.stream.consumed()
             if self.handoff_due:
                 self.handoff_due = False
-                await self._hand_off(handoff_batch())
+                try:
+                    await self._hand_off(handoff_batch())
+                except StoreError as exc:
+                    event(log, 40, "mesh handoff: store read failed", error=exc.detail)
 
     def wake_handoff(self) -> None:
         """Owners changed or a link opened: look for queued frames whose home is elsewhere."""
         self.handoff_due = True
         self._wake.set()
 
-    async def _durable_item(self, link: Link | None, item: object) -> None:
-        if isinstance(item, FrameView):
-            await self._commit(link, [item], item.destination)
-        elif isinstance(item, Handoff) and link is not None:
+    async def _durable_item(self, link: Link, item: object) -> None:
+        if isinstance(item, list):
+            for frame in item:
+                await self._commit([frame], frame.destination)
+        elif isinstance(item, Handoff):
+            device = _id_bytes(item.device_id)
+            # (a queued row's frame is addressed to the device, or to its network or group)
             frames = [f for raw in item.frames if (f := self._decode(raw)) is not None]
-            await self._commit(link, frames, uuid.UUID(item.device_id).bytes)
+            if device is None or len(frames) != len(item.frames):
+                self.stats.drop("bad_handoff")  # not acknowledged: the sender keeps its rows
+                return
+            await self._commit(frames, device)
             self.stats.taken_over += len(frames)
             link.send(HandoffAck(item.batch))
         elif isinstance(item, HandoffAck):
             await self._acked(item.batch)
 
-    async def _commit(self, link: Link | None, frames: list[FrameView], device: bytes) -> None:
+    async def _commit(self, frames: list[FrameView], device: bytes) -> None:
         """Queue DURABLE frames here (committed), then push them to the device if it is online."""
         text = id_text(device)
         items = [q.EnqueueItem(f.raw, f.source, f.message_id, devices=(text,)) for f in frames]

@@ -10,6 +10,7 @@ periodic work (digests to every link, collecting old tombstones) runs between th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections import deque
@@ -21,6 +22,7 @@ import apsw
 import trio
 
 from node.clock import WallClock
+from node.errors import StoreError
 from node.logs import event, logger
 from node.mesh._links import Link
 from node.mesh.settings import SyncSettings
@@ -138,18 +140,26 @@ class Sync:
             with trio.move_on_after(self.settings.poll_interval_s):
                 await self._wake.wait()
             self._wake = trio.Event()
-            await self.stamp_local()
+            try:
+                await self.stamp_local()
+            except StoreError as exc:  # the changes stay dirty: the next round tries again
+                self.stats.apply_errors += 1
+                event(log, 40, "mesh sync: could not stamp local changes", error=exc.detail)
             while self._inbox:
                 link, message = self._inbox.popleft()
                 try:
                     await self._handle(link, message)
+                except StoreError as exc:  # anti-entropy repairs what was lost
+                    self.stats.apply_errors += 1
+                    event(log, 40, "mesh sync: store failed", error=exc.detail)
                 finally:
                     link.stream.consumed()
             if trio.current_time() >= next_digest:
                 next_digest = trio.current_time() + self.settings.anti_entropy_interval_s
                 for link in self._links():
                     self._send_digest(link)
-                await self.collect_tombstones()
+                with contextlib.suppress(StoreError):  # tried again next round
+                    await self.collect_tombstones()
 
     # ------------------------------------------------------------------ local changes
     async def stamp_local(self) -> None:
