@@ -69,6 +69,10 @@ async def test_a_node_without_the_cluster_secret_is_refused(start_node: StartNod
         await until(refused, "A reports a security event")
         assert (await intruder.mesh_stats())["refused"] >= 1
         assert (await a.cluster())["links"] == [] and (await intruder.cluster())["links"] == []
+        for role, status in (("viewer", 200), ("service", 403)):
+            token = (await a.post("/api/v1/tokens", {"name": role, "role": role}))["token"]
+            seen = await a.http.get("/api/v1/cluster", headers={"Authorization": f"Bearer {token}"})
+            assert seen.status_code == status, seen.text
         audit = (await a.get("/api/v1/admin/audit?action=mesh.link"))["items"]
         assert audit and audit[0]["outcome"] == "denied"
         assert audit[0]["actor"] == f"node:{intruder.node_id}"
