@@ -123,15 +123,21 @@ StartNode = Callable[..., Awaitable[MeshNode]]
 async def start_node(tmp_path: Path) -> AsyncIterator[StartNode]:
     """`await start_node("a", peers=[...], secret=...)`: a mesh node process, stopped after the test."""
     nodes: list[MeshNode] = []
+    admin_tokens: dict[str, str] = {}
     async with trio.open_nursery() as nursery:
 
         async def start(name: str, peers: list[str] | None = None, **mesh: Any) -> MeshNode:
+            """A node on `<name>-data`; started again under the same name it keeps its store (and
+            the admin token it announced the first time)."""
             config = tmp_path / f"{name}.toml"
             config.write_text(mesh_toml(peers or [], **mesh))
             env = node_env(tmp_path / f"{name}-data", **{"server.config_poll_interval_s": 0.1})
             process = await start_node_process(nursery, env, tmp_path, name=name, config=config)
-            headers = {"Authorization": f"Bearer {process.announcement['admin_token']}"}
-            http = httpx.AsyncClient(base_url=process.url, headers=headers, timeout=10)
+            token = process.announcement.get("admin_token") or admin_tokens[name]
+            admin_tokens[name] = token
+            http = httpx.AsyncClient(
+                base_url=process.url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+            )
             node = MeshNode(name, process, config, http)
             nodes.append(node)
             return node

@@ -88,3 +88,21 @@ async def test_a_node_without_the_cluster_secret_is_refused(start_node: StartNod
 
         await until(self_refused, "A refuses to link to itself")
         assert (await a.mesh_stats())["security_events"] == before["security_events"]
+
+
+async def test_a_killed_node_rejoins_and_catches_up(start_node: StartNode) -> None:
+    """kill -9 C; the others drop its links and change the registry; C restarts on its store,
+    dials again, and anti-entropy brings it up to date."""
+    with trio.fail_after(TEST_TIMEOUT_S):
+        a, b, c = nodes = await start_three(start_node)
+        network = await shared_network(nodes)
+        c.process.kill_group()
+        await c.process.wait(10)
+        await until(lambda: linked([a, b], 1), "A and B notice that C is gone")
+        added, _ = await a.register(network, "while-c-was-dead")
+        await c.http.aclose()
+        again = await start_node("c", [a.rpc, b.rpc])
+        assert again.node_id == c.node_id  # the same node, on its own store
+        await until(lambda: linked([a, b, again], 2), "C linked again")
+        await until(lambda: same_registry([a, b, again]), "C caught up")
+        assert added in {d for d, _, _ in await again.devices()}
