@@ -100,7 +100,7 @@ class NodeBackend:
         await self.caps.run()
 
     def apply_settings(self, api: ApiSettings) -> None:
-        """Page sizes follow the REST API's (live)."""
+        """Take the node's [api] settings (page sizes: the running values, as REST uses)."""
         self.api = api
 
     def _limit(self, requested: int | None) -> int:
