@@ -334,3 +334,30 @@ async def test_a_node_without_the_relay_reports_routing_not_serving(
         session = ConnectSession(client, dev.token)
         error = await session.end()
         assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_send_refusals_map_to_statuses(env: RelayEnv, grpc_client: Client) -> None:
+    mine, other = await env.device(), await env.device()
+    await (await env.client(other)).aclose()  # registered, now offline
+    routing = grpc_client.stubs.routing
+    cases = [
+        (
+            mine.token,
+            data_frame(other.device_id, mine.device_id, b"x", 1, 0),
+            grpc.StatusCode.PERMISSION_DENIED,
+        ),
+        (mine.token, data_frame(mine.device_id, uuid.uuid4(), b"x", 2, 0), grpc.StatusCode.NOT_FOUND),
+        (mine.token, data_frame(mine.device_id, other.device_id, b"x", 3, 0), grpc.StatusCode.NOT_FOUND),
+        (mine.token, b"\x01\x10 too short", grpc.StatusCode.INVALID_ARGUMENT),
+    ]
+    await (await env.client(mine)).aclose()  # the sender must be a registered device
+    for token, frame, code in cases:
+        error = await grpc_client.error(
+            grpc_client.routing.Send, routing.SendRequest(frame=frame), metadata=bearer(token)
+        )
+        assert error.code() == code, (frame[:16], error.details())
+    durable = data_frame(mine.device_id, other.device_id, b"later", 4, Flags.DURABLE)
+    sent = await grpc_client.call(
+        grpc_client.routing.Send, routing.SendRequest(frame=durable), metadata=bearer(mine.token)
+    )
+    assert sent.status == routing.DELIVERY_STATUS_QUEUED
