@@ -127,7 +127,11 @@ class Mesh:
     def add_hint(self, address: str, node_id: str | None) -> None:
         """A discovered node (`host:port` of its gRPC listener): dial it, trust it only once it proves
         the cluster secret."""
-        split_address(address)
+        try:
+            split_address(address)
+        except ValueError:
+            event(log, 30, "mesh hint ignored: not host:port", address=address[:100])
+            return
         if node_id == self.node_id or address == self.address:
             return
         self._hints[address] = node_id
