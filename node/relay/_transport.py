@@ -15,7 +15,10 @@ ChannelTransport mirrors the WebSocket connection's contract:
 * `send_batch()` waits for credit, at most `write_timeout_s` per frame: a client that stops reading
   is closed with 1008 like a stuck WebSocket consumer;
 * `aclose(code, reason)` ends the outgoing stream; the close code is kept for the caller, which
-  maps it to the gRPC status the client gets (docs/protocol.md §1).
+  maps it to the gRPC status the client gets (docs/protocol.md §1);
+* the client's half-close ends only the input (the session closes with 1000): frames the node
+  has already queued for the device are still written before the call ends, as gRPC clients
+  expect after closing their side.
 """
 
 from __future__ import annotations
@@ -99,6 +102,8 @@ class ChannelTransport:
         self._send_nowait: Callable[[bytes], None] | None = getattr(send, "send_nowait", None)
         self.write_timeout_s = write_timeout_s
         self._closed: ConnectionClosed | None = None
+        # The client's half-close ends the input only: what the node has queued still goes out.
+        self._input_end: ConnectionClosed | None = None
         self._tail: list[bytes] = []
         self._writing = False
         self._write_waiters = trio.lowlevel.ParkingLot()
@@ -114,10 +119,13 @@ class ChannelTransport:
         """Wait for one frame, then take those already waiting behind it."""
         if self._closed is not None:
             raise self._closed
+        if self._input_end is not None:
+            raise self._input_end
         try:
             batch = [await self._receive.receive()]
         except trio.EndOfChannel:
-            raise self._finish(CLOSE_NORMAL, "the client finished sending", local=False) from None
+            self._input_end = ConnectionClosed(CLOSE_NORMAL, "the client finished sending", local=False)
+            raise self._input_end from None
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise self._finish(CLOSE_ABNORMAL, "the stream broke", local=False) from None
         receive_nowait = self._receive_nowait

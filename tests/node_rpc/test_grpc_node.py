@@ -3,8 +3,11 @@ scoping identical to REST, and devices on gRPC Connect and on the WebSocket rela
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections.abc import Iterator
 from types import SimpleNamespace
+from typing import Any
 
 import grpc
 import httpx
@@ -361,3 +364,32 @@ async def test_send_refusals_map_to_statuses(env: RelayEnv, grpc_client: Client)
         grpc_client.routing.Send, routing.SendRequest(frame=durable), metadata=bearer(mine.token)
     )
     assert sent.status == routing.DELIVERY_STATUS_QUEUED
+
+
+async def test_a_half_close_still_delivers_what_the_node_has_queued(
+    env: RelayEnv, grpc_client: Client
+) -> None:
+    dev = await env.device()
+    count = 1000
+    register = Register(dev.device_id, dev.network_id, "g", "virtual")
+    frames = [encode_control(register, message_id=1, source=dev.device_id)]
+    echo = b"e" * 8192  # 1000 of them: more than the HTTP/2 windows hold
+    frames += [data_frame(dev.device_id, dev.device_id, echo, 2 + i, 0) for i in range(count)]
+    pb = grpc_client.stubs.routing
+
+    sent_all = threading.Event()
+
+    def requests() -> Iterator[Any]:  # ends after the last frame: grpcio half-closes the call
+        yield from (pb.ConnectFrame(frame=f) for f in frames)
+        sent_all.set()
+
+    def run() -> list[int]:
+        call = grpc_client.routing.Connect(requests(), metadata=bearer(dev.token), timeout=TIMEOUT_S)
+        # Read nothing until everything is sent, so the echoes pile up on the node (flow control)
+        # and are still waiting there when the half-close arrives.
+        assert sent_all.wait(TIMEOUT_S)
+        return [message.frame[1] for message in call]
+
+    with trio.fail_after(TIMEOUT_S + 5):
+        types = await trio.to_thread.run_sync(run)
+    assert types.count(FrameType.DIRECT) == count  # routed back to the session, none lost at the end
