@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 from pydantic import SecretStr
@@ -376,8 +377,12 @@ async def _start_discovery(
         if mesh is not None:
             mesh.add_hint(address, node_id)
 
-    announced = [name for name in ("rpc", "relay", "api") if name in handle.addresses]
-    ports: dict[str, int] = {name: split_address(handle.addresses[name])[1] for name in announced}
+    ports: dict[str, int] = {}
+    for name in ("rpc", "relay", "api"):  # announced as host:port or as URLs (ws://host:port/v1/ws)
+        address = handle.addresses.get(name, "")
+        port = urlsplit(address if "://" in address else f"//{address}").port
+        if port:
+            ports[name] = port
     host = None
     if settings.mesh.advertise_address:
         host, ports["rpc"] = split_address(settings.mesh.advertise_address)
