@@ -256,7 +256,10 @@ async def open_storage(path: Path, settings: StoreSettings) -> AsyncIterator[Sto
             finally:
                 nursery.cancel_scope.cancel()
     finally:
-        await storage._stop()
+        # Shielded: a node cancelled from outside must still let the writer finish the commits it
+        # has (bounded by the queue) and close every connection.
+        with trio.CancelScope(shield=True):
+            await storage._stop()
 
 
 class StoreLock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import apsw
@@ -123,3 +124,17 @@ async def test_not_a_database_is_a_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError):
         async with open_storage(path, StoreSettings()):
             pass
+
+
+async def test_a_cancelled_owner_still_stops_the_writer_and_closes_the_store(tmp_path: Path) -> None:
+    threads_before = {t.name for t in threading.enumerate()}
+    with trio.CancelScope() as scope:
+        async with open_storage(tmp_path / "s.db", StoreSettings()) as storage:
+            await storage.write(_put, "a", "1")
+            scope.cancel()
+            await trio.sleep_forever()
+    assert scope.cancelled_caught
+    with pytest.raises(StoreError, match="closed"):
+        storage.read(meta.get, "a")
+    leftover = {t.name for t in threading.enumerate()} - threads_before
+    assert not [name for name in leftover if "store" in name or "writer" in name], leftover
