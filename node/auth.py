@@ -42,12 +42,12 @@ class Role(StrEnum):
 class Action(StrEnum):
     """What a request wants to do; each role allows a fixed set."""
 
-    READ = "read"                  # read registry objects within scope
-    WRITE_REGISTRY = "write"       # create/update/delete devices, networks, connections
-    WRITE_SELF = "write-self"      # a device registering/updating itself, its own connections
-    ROUTE = "route"                # send messages through the relay/router
-    LOCK = "lock"                  # use the lock service
-    ADMIN = "admin"                # tokens, stats, logs, audit, force operations
+    READ = "read"  # read registry objects within scope
+    WRITE_REGISTRY = "write"  # create/update/delete devices, networks, connections
+    WRITE_SELF = "write-self"  # a device registering/updating itself, its own connections
+    ROUTE = "route"  # send messages through the relay/router
+    LOCK = "lock"  # use the lock service
+    ADMIN = "admin"  # tokens, stats, logs, audit, force operations
 
 
 ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
@@ -116,7 +116,7 @@ def well_formed(token: str) -> bool:
     """Length, prefix, alphabet and checksum are right (says nothing about validity)."""
     if len(token) != TOKEN_CHARS or not token.startswith(PREFIX):
         return False
-    body, check = token[len(PREFIX):-CHECK_CHARS], token[-CHECK_CHARS:]
+    body, check = token[len(PREFIX) : -CHECK_CHARS], token[-CHECK_CHARS:]
     if any(c not in ALPHABET for c in body + check):
         return False
     return hmac.compare_digest(_checksum(body), check)
@@ -150,8 +150,14 @@ def principal_of(row: records.Token) -> Principal:
 
 
 def make_token_row(
-    *, name: str, role: Role, device_id: str | None, networks: Sequence[str], now: float,
-    expires_at: float | None, id_factory: Callable[[], str] | None = None,
+    *,
+    name: str,
+    role: Role,
+    device_id: str | None,
+    networks: Sequence[str],
+    now: float,
+    expires_at: float | None,
+    id_factory: Callable[[], str] | None = None,
 ) -> tuple[str, records.Token]:
     """A new token: (the secret to show once, the row to store).
 
@@ -169,8 +175,15 @@ def make_token_row(
     secret = new_token_secret()
     token_id = id_factory() if id_factory else "tok_" + secrets.token_hex(8)
     row = records.Token(
-        token_id=token_id, token_hash=token_hash(secret), name=name, role=role.value,
-        device_id=device_id, networks=tuple(dict.fromkeys(networks)), created_at=now,
-        expires_at=expires_at, revoked_at=None, last_used_at=None,
+        token_id=token_id,
+        token_hash=token_hash(secret),
+        name=name,
+        role=role.value,
+        device_id=device_id,
+        networks=tuple(dict.fromkeys(networks)),
+        created_at=now,
+        expires_at=expires_at,
+        revoked_at=None,
+        last_used_at=None,
     )
     return secret, row

@@ -56,10 +56,14 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return json.dumps(
             {
-                "at": record.created, "level": record.levelname, "logger": record.name,
-                "message": record.getMessage(), **_fields(record),
+                "at": record.created,
+                "level": record.levelname,
+                "logger": record.name,
+                "message": record.getMessage(),
+                **_fields(record),
             },
-            default=str, separators=(",", ":"),
+            default=str,
+            separators=(",", ":"),
         )
 
 
@@ -88,8 +92,14 @@ class RingHandler(logging.Handler):
         with self._mutex:
             self._seq += 1
             self._ring.append(
-                LogRecord(self._seq, record.created, record.levelname, record.name,
-                          record.getMessage(), _fields(record))
+                LogRecord(
+                    self._seq,
+                    record.created,
+                    record.levelname,
+                    record.name,
+                    record.getMessage(),
+                    _fields(record),
+                )
             )
 
     def resize(self, size: int) -> None:
@@ -101,7 +111,7 @@ class RingHandler(logging.Handler):
         floor = LEVELS.get(min_level or "DEBUG", logging.DEBUG)
         with self._mutex:
             matching = [r for r in reversed(self._ring) if LEVELS.get(r.level, 0) >= floor]
-        page = matching[offset:offset + limit]
+        page = matching[offset : offset + limit]
         return len(matching), [asdict(r) for r in page]
 
 
@@ -120,7 +130,9 @@ class Logs:
             path = settings.file if settings.file.is_absolute() else data_dir / settings.file
             path.parent.mkdir(parents=True, exist_ok=True)
             rotating = logging.handlers.RotatingFileHandler(
-                path, maxBytes=settings.file_max_bytes, backupCount=settings.file_backups,
+                path,
+                maxBytes=settings.file_max_bytes,
+                backupCount=settings.file_backups,
                 encoding="utf-8",
             )
             rotating.setFormatter(JsonFormatter())

@@ -18,7 +18,7 @@ class Decision:
     allowed: bool
     limit: int
     remaining: int
-    reset_s: int       # seconds until the bucket is full again
+    reset_s: int  # seconds until the bucket is full again
     retry_after_s: int  # seconds until one request is allowed (0 when allowed)
 
 

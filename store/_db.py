@@ -41,8 +41,12 @@ def latest_version() -> int:
 
 
 def open_db(
-    path: Path | str, *, busy_timeout_ms: int = 5000, synchronous: str = "FULL",
-    autocheckpoint: bool = False, readonly: bool = False,
+    path: Path | str,
+    *,
+    busy_timeout_ms: int = 5000,
+    synchronous: str = "FULL",
+    autocheckpoint: bool = False,
+    readonly: bool = False,
 ) -> apsw.Connection:
     """Open a connection with the node's pragmas (WAL, foreign keys, busy timeout).
 

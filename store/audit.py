@@ -19,8 +19,13 @@ def append(conn: apsw.Connection, entries: Sequence[AuditEntry]) -> None:
 
 
 def query(
-    conn: apsw.Connection, *, actor: str | None = None, action: str | None = None,
-    outcome: str | None = None, before_id: int | None = None, limit: int = 100,
+    conn: apsw.Connection,
+    *,
+    actor: str | None = None,
+    action: str | None = None,
+    outcome: str | None = None,
+    before_id: int | None = None,
+    limit: int = 100,
 ) -> list[AuditEntry]:
     """Newest first; `before_id` pages backwards."""
     where: list[str] = []
@@ -38,9 +43,15 @@ def query(
     rows = conn.execute(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
     return [
         AuditEntry(
-            id=as_int(r[0]), at=as_float(r[1]), actor=as_str(r[2]), action=as_str(r[3]),
-            target=as_str(r[4]), outcome=as_str(r[5]), status=None if r[6] is None else as_int(r[6]),
-            client=as_str(r[7]), detail=as_str(r[8]),
+            id=as_int(r[0]),
+            at=as_float(r[1]),
+            actor=as_str(r[2]),
+            action=as_str(r[3]),
+            target=as_str(r[4]),
+            outcome=as_str(r[5]),
+            status=None if r[6] is None else as_int(r[6]),
+            client=as_str(r[7]),
+            detail=as_str(r[8]),
         )
         for r in rows
     ]

@@ -30,18 +30,22 @@ class DeviceFilter:
 
 def _device(row: Sequence[object], networks: tuple[str, ...] = ()) -> Device:
     return Device(
-        device_id=as_str(row[0]), network_id=as_str(row[1]), name=as_str(row[2]),
-        world_type=as_str(row[3]), capabilities=tuple(json.loads(as_str(row[4]))),
-        hardware_spec=json.loads(as_str(row[5])), registered_at=as_float(row[6]),
-        updated_at=as_float(row[7]), last_seen=as_float(row[8]), status=as_str(row[9]),
+        device_id=as_str(row[0]),
+        network_id=as_str(row[1]),
+        name=as_str(row[2]),
+        world_type=as_str(row[3]),
+        capabilities=tuple(json.loads(as_str(row[4]))),
+        hardware_spec=json.loads(as_str(row[5])),
+        registered_at=as_float(row[6]),
+        updated_at=as_float(row[7]),
+        last_seen=as_float(row[8]),
+        status=as_str(row[9]),
         networks=networks,
     )
 
 
 def get_device(conn: apsw.Connection, device_id: str) -> Device | None:
-    row = conn.execute(
-        f"SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = ?", (device_id,)
-    ).fetchone()
+    row = conn.execute(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = ?", (device_id,)).fetchone()
     return None if row is None else _device(row, device_networks(conn, device_id))
 
 
@@ -53,9 +57,7 @@ def device_networks(conn: apsw.Connection, device_id: str) -> tuple[str, ...]:
     return tuple(as_str(r[0]) for r in rows)
 
 
-def list_devices(
-    conn: apsw.Connection, flt: DeviceFilter, *, after: str | None, limit: int
-) -> list[Device]:
+def list_devices(conn: apsw.Connection, flt: DeviceFilter, *, after: str | None, limit: int) -> list[Device]:
     """Devices matching `flt`, ordered by id, starting after `after` (keyset pagination)."""
     where, args = _device_where(flt)
     if after is not None:
@@ -83,9 +85,7 @@ def _device_where(flt: DeviceFilter) -> tuple[list[str], list[object]]:
     where: list[str] = []
     args: list[object] = []
     if flt.network_id is not None:
-        where.append(
-            "d.device_id IN (SELECT device_id FROM network_members WHERE network_id = ?)"
-        )
+        where.append("d.device_id IN (SELECT device_id FROM network_members WHERE network_id = ?)")
         args.append(flt.network_id)
     if flt.world_type is not None:
         where.append("d.world_type = ?")
@@ -94,15 +94,11 @@ def _device_where(flt: DeviceFilter) -> tuple[list[str], list[object]]:
         where.append("d.status = ?")
         args.append(flt.status)
     if flt.capability is not None:
-        where.append(
-            "d.device_id IN (SELECT device_id FROM device_capabilities WHERE capability = ?)"
-        )
+        where.append("d.device_id IN (SELECT device_id FROM device_capabilities WHERE capability = ?)")
         args.append(flt.capability)
     if flt.scope is not None:
         marks = ",".join("?" * len(flt.scope)) or "NULL"
-        where.append(
-            f"d.device_id IN (SELECT device_id FROM network_members WHERE network_id IN ({marks}))"
-        )
+        where.append(f"d.device_id IN (SELECT device_id FROM network_members WHERE network_id IN ({marks}))")
         args.extend(flt.scope)
     return where, args
 
@@ -110,9 +106,18 @@ def _device_where(flt: DeviceFilter) -> tuple[list[str], list[object]]:
 def insert_device(conn: apsw.Connection, d: Device) -> None:
     conn.execute(
         f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-        (d.device_id, d.network_id, d.name, d.world_type, json.dumps(list(d.capabilities)),
-         json.dumps(d.hardware_spec, separators=(",", ":")), d.registered_at, d.updated_at,
-         d.last_seen, d.status),
+        (
+            d.device_id,
+            d.network_id,
+            d.name,
+            d.world_type,
+            json.dumps(list(d.capabilities)),
+            json.dumps(d.hardware_spec, separators=(",", ":")),
+            d.registered_at,
+            d.updated_at,
+            d.last_seen,
+            d.status,
+        ),
     )
     _set_capabilities(conn, d.device_id, d.capabilities)
     add_member(conn, d.network_id, d.device_id, d.registered_at)
@@ -123,9 +128,17 @@ def update_device(conn: apsw.Connection, d: Device) -> None:
     conn.execute(
         "UPDATE devices SET network_id=?, name=?, world_type=?, capabilities=?, hardware_spec=?, "
         "updated_at=?, last_seen=?, status=? WHERE device_id=?",
-        (d.network_id, d.name, d.world_type, json.dumps(list(d.capabilities)),
-         json.dumps(d.hardware_spec, separators=(",", ":")), d.updated_at, d.last_seen, d.status,
-         d.device_id),
+        (
+            d.network_id,
+            d.name,
+            d.world_type,
+            json.dumps(list(d.capabilities)),
+            json.dumps(d.hardware_spec, separators=(",", ":")),
+            d.updated_at,
+            d.last_seen,
+            d.status,
+            d.device_id,
+        ),
     )
     _set_capabilities(conn, d.device_id, d.capabilities)
     add_member(conn, d.network_id, d.device_id, d.updated_at)
@@ -177,10 +190,14 @@ def remove_member(conn: apsw.Connection, network_id: str, device_id: str) -> boo
 
 # ---------------------------------------------------------------- networks
 
+
 def _network(row: Sequence[object]) -> Network:
     return Network(
-        network_id=as_str(row[0]), name=as_str(row[1]), created_at=as_float(row[2]),
-        owner_device_id=as_opt_str(row[3]), device_count=as_int(row[4]),
+        network_id=as_str(row[0]),
+        name=as_str(row[1]),
+        created_at=as_float(row[2]),
+        owner_device_id=as_opt_str(row[3]),
+        device_count=as_int(row[4]),
     )
 
 
@@ -259,10 +276,14 @@ CONNECTION_COLUMNS = (
 
 def _connection(row: Sequence[object]) -> Connection:
     return Connection(
-        connection_id=as_str(row[0]), source_device_id=as_str(row[1]),
-        target_device_id=as_opt_str(row[2]), kind=as_str(row[3]),
-        established_at=as_float(row[4]), last_heartbeat=as_float(row[5]),
-        status=as_str(row[6]), closed_at=as_opt_float(row[7]),
+        connection_id=as_str(row[0]),
+        source_device_id=as_str(row[1]),
+        target_device_id=as_opt_str(row[2]),
+        kind=as_str(row[3]),
+        established_at=as_float(row[4]),
+        last_heartbeat=as_float(row[5]),
+        status=as_str(row[6]),
+        closed_at=as_opt_float(row[7]),
     )
 
 
@@ -274,8 +295,14 @@ def get_connection(conn: apsw.Connection, connection_id: str) -> Connection | No
 
 
 def list_connections(
-    conn: apsw.Connection, *, device_id: str | None, network_id: str | None, status: str | None,
-    scope: Sequence[str] | None, after: str | None, limit: int,
+    conn: apsw.Connection,
+    *,
+    device_id: str | None,
+    network_id: str | None,
+    status: str | None,
+    scope: Sequence[str] | None,
+    after: str | None,
+    limit: int,
 ) -> list[Connection]:
     where: list[str] = []
     args: list[object] = []
@@ -307,8 +334,16 @@ def list_connections(
 def insert_connection(conn: apsw.Connection, c: Connection) -> None:
     conn.execute(
         f"INSERT INTO connections ({CONNECTION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
-        (c.connection_id, c.source_device_id, c.target_device_id, c.kind, c.established_at,
-         c.last_heartbeat, c.status, c.closed_at),
+        (
+            c.connection_id,
+            c.source_device_id,
+            c.target_device_id,
+            c.kind,
+            c.established_at,
+            c.last_heartbeat,
+            c.status,
+            c.closed_at,
+        ),
     )
 
 
@@ -323,8 +358,7 @@ def heartbeat_connection(conn: apsw.Connection, connection_id: str, at: float) -
 
 def close_connection(conn: apsw.Connection, connection_id: str, at: float) -> bool:
     conn.execute(
-        "UPDATE connections SET status = 'closed', closed_at = ? "
-        "WHERE connection_id = ? AND status = 'open'",
+        "UPDATE connections SET status = 'closed', closed_at = ? WHERE connection_id = ? AND status = 'open'",
         (at, connection_id),
     )
     return conn.changes() > 0

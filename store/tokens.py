@@ -11,17 +11,21 @@ from store._values import as_bytes, as_float, as_int, as_opt_float, as_opt_str, 
 from store.records import Token
 
 COLUMNS = (
-    "token_id, token_hash, name, role, device_id, networks, created_at, expires_at, revoked_at, "
-    "last_used_at"
+    "token_id, token_hash, name, role, device_id, networks, created_at, expires_at, revoked_at, last_used_at"
 )
 
 
 def _token(row: Sequence[object]) -> Token:
     return Token(
-        token_id=as_str(row[0]), token_hash=as_bytes(row[1]), name=as_str(row[2]),
-        role=as_str(row[3]), device_id=as_opt_str(row[4]),
-        networks=tuple(json.loads(as_str(row[5]))), created_at=as_float(row[6]),
-        expires_at=as_opt_float(row[7]), revoked_at=as_opt_float(row[8]),
+        token_id=as_str(row[0]),
+        token_hash=as_bytes(row[1]),
+        name=as_str(row[2]),
+        role=as_str(row[3]),
+        device_id=as_opt_str(row[4]),
+        networks=tuple(json.loads(as_str(row[5]))),
+        created_at=as_float(row[6]),
+        expires_at=as_opt_float(row[7]),
+        revoked_at=as_opt_float(row[8]),
         last_used_at=as_opt_float(row[9]),
     )
 
@@ -29,15 +33,23 @@ def _token(row: Sequence[object]) -> Token:
 def insert_token(conn: apsw.Connection, t: Token) -> None:
     conn.execute(
         f"INSERT INTO api_tokens ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-        (t.token_id, t.token_hash, t.name, t.role, t.device_id, json.dumps(list(t.networks)),
-         t.created_at, t.expires_at, t.revoked_at, t.last_used_at),
+        (
+            t.token_id,
+            t.token_hash,
+            t.name,
+            t.role,
+            t.device_id,
+            json.dumps(list(t.networks)),
+            t.created_at,
+            t.expires_at,
+            t.revoked_at,
+            t.last_used_at,
+        ),
     )
 
 
 def token_by_hash(conn: apsw.Connection, token_hash: bytes) -> Token | None:
-    row = conn.execute(
-        f"SELECT {COLUMNS} FROM api_tokens WHERE token_hash = ?", (token_hash,)
-    ).fetchone()
+    row = conn.execute(f"SELECT {COLUMNS} FROM api_tokens WHERE token_hash = ?", (token_hash,)).fetchone()
     return None if row is None else _token(row)
 
 

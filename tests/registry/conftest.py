@@ -30,7 +30,10 @@ async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
 @pytest.fixture
 async def registry(storage: Storage, nursery: trio.Nursery) -> Registry:
     settings = RegistrySettings(
-        heartbeat_interval_s=30, inactive_after_missed=3, offline_after_missed=10, last_seen_flush_interval_s=3600
+        heartbeat_interval_s=30,
+        inactive_after_missed=3,
+        offline_after_missed=10,
+        last_seen_flush_interval_s=3600,
     )
     reg = Registry(storage, settings, WallClock())
     await nursery.start(reg.run)

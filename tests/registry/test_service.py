@@ -70,7 +70,9 @@ async def test_device_token_sees_only_its_networks(registry: Registry) -> None:
     items, _ = registry.list_devices(who, DeviceFilter(), after=None, limit=10)
     assert [d.device_id for d in items] == [mine]
     with pytest.raises(PermissionDenied):
-        await registry.update_device(Principal("tok_y", Role.DEVICE, device_id=_id(), networks=(a,)), mine, DevicePatch(name="x"))
+        await registry.update_device(
+            Principal("tok_y", Role.DEVICE, device_id=_id(), networks=(a,)), mine, DevicePatch(name="x")
+        )
     viewer = Principal("tok_v", Role.VIEWER)
     with pytest.raises(PermissionDenied):
         await registry.heartbeat(viewer, mine)
@@ -108,7 +110,9 @@ async def test_connections_lifecycle(registry: Registry) -> None:
     a, b = await _device(registry, net), await _device(registry, net)
     conn = await registry.open_connection(SYSTEM, a, b)
     assert conn.status == "open"
-    assert (await registry.heartbeat_connection(SYSTEM, conn.connection_id)).last_heartbeat >= conn.last_heartbeat
+    assert (
+        await registry.heartbeat_connection(SYSTEM, conn.connection_id)
+    ).last_heartbeat >= conn.last_heartbeat
     closed = await registry.close_connection(SYSTEM, conn.connection_id)
     assert closed.status == "closed"
     with pytest.raises(Conflict):
@@ -118,7 +122,9 @@ async def test_connections_lifecycle(registry: Registry) -> None:
     assert topo.connections == []
 
 
-async def test_status_follows_missed_heartbeats(registry: Registry, thread_safe_autojump_clock: MockClock) -> None:
+async def test_status_follows_missed_heartbeats(
+    registry: Registry, thread_safe_autojump_clock: MockClock
+) -> None:
     net = await _network(registry)
     async with registry.subscribe() as events:
         device_id = await _device(registry, net)
@@ -137,14 +143,18 @@ async def test_status_follows_missed_heartbeats(registry: Registry, thread_safe_
         assert registry.get_device(SYSTEM, device_id).status == ONLINE
 
 
-async def test_statuses_persist_and_reload(storage: Storage, registry: Registry, thread_safe_autojump_clock: MockClock) -> None:
+async def test_statuses_persist_and_reload(
+    storage: Storage, registry: Registry, thread_safe_autojump_clock: MockClock
+) -> None:
     net = await _network(registry)
     async with registry.subscribe() as events:
         device_id = await _device(registry, net)
         while (await events.receive()).new != INACTIVE:
             pass
     await registry.flush_last_seen()
-    stored = storage.read(lambda conn: conn.execute("SELECT status FROM devices WHERE device_id = ?", (device_id,)).fetchone())
+    stored = storage.read(
+        lambda conn: conn.execute("SELECT status FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+    )
     assert stored == (INACTIVE,)
 
 

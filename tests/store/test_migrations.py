@@ -55,7 +55,9 @@ def test_every_earlier_version_reaches_the_same_schema(tmp_path: Path, start: in
 def _seed_v1(conn: apsw.Connection) -> None:
     """Rows every version since 1 can hold: they must survive every later migration."""
     with conn:
-        conn.execute("INSERT INTO networks VALUES ('11111111-1111-4111-8111-111111111111', 'seeded', 1.0, NULL)")
+        conn.execute(
+            "INSERT INTO networks VALUES ('11111111-1111-4111-8111-111111111111', 'seeded', 1.0, NULL)"
+        )
         conn.execute(
             "INSERT INTO devices (device_id, network_id, world_type, registered_at, updated_at, last_seen, status) "
             "VALUES ('22222222-2222-4222-8222-222222222222', '11111111-1111-4111-8111-111111111111', 'physical', 1, 1, 1, 'online')"
@@ -73,7 +75,10 @@ def test_failed_migration_leaves_previous_version(tmp_path: Path, monkeypatch: p
     import store._db as db
 
     steps = migrations()
-    broken = [*steps, db.Migration(len(steps) + 1, "broken", "CREATE TABLE x (a); INSERT INTO nope VALUES (1);")]
+    broken = [
+        *steps,
+        db.Migration(len(steps) + 1, "broken", "CREATE TABLE x (a); INSERT INTO nope VALUES (1);"),
+    ]
     monkeypatch.setattr(db, "migrations", lambda: broken)
     conn = open_db(tmp_path / "a.db")
     with pytest.raises(apsw.SQLError):
