@@ -212,7 +212,7 @@ class Sync:
                 self.stats.invalid += 1
                 continue
             self.clock.observe(record.hlc, now)
-            rows.append(Row(*record))
+            rows.append(record)
         fresh = [r for r in rows if wins(Record(*r), self.index.get((r.kind, r.id)))]
         self.stats.stale += len(rows) - len(fresh)
         if not fresh:
@@ -262,7 +262,7 @@ class Sync:
         size = self.settings.batch_max_records
         targets = [only] if only is not None else [x for x in self._links() if x is not except_link]
         for start in range(0, len(rows), size):
-            message = Records(tuple(RecordData(*r) for r in rows[start : start + size]))
+            message = Records(tuple(rows[start : start + size]))
             for link in targets:
                 if not link.send(message):
                     link.drop("records_backlog_full")  # anti-entropy repairs it later

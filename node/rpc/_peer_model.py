@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from store.mesh import Row
+
 
 class PeerMessage:
     """Base of every link message; grpclib's codec calls these two methods."""
@@ -106,16 +108,8 @@ class Versions(PeerMessage):
     versions: tuple[VersionData, ...]
 
 
-class RecordData(NamedTuple):
-    """One replicated record (field order of `node.mesh.state.Record`)."""
-
-    kind: str
-    id: str
-    hlc: int
-    node: str
-    owner: str
-    deleted: bool
-    body: str
+RecordData = Row
+"""One replicated record: the store's row, sent as it is read and stored as it arrives."""
 
 
 @dataclass(frozen=True, slots=True)
