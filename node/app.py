@@ -76,6 +76,21 @@ class NodeHandle:
         """Begin a graceful shutdown."""
         self._stop.set()
 
+    def publish(
+        self,
+        name: str,
+        service: Any,
+        *,
+        stats: Callable[[], Any] | None = None,
+        reload: Callable[[Settings], Any] | None = None,
+    ) -> None:
+        """Make a started service known: `extra[name]`, its admin statistics, its live settings."""
+        self.extra[name] = service
+        if stats is not None:
+            self.api.stats_providers[name] = stats
+        if reload is not None:
+            self.extra.setdefault("reload_hooks", []).append(reload)
+
     def announcement(self) -> dict[str, Any]:
         """The one JSON line printed when the node is up."""
         line: dict[str, Any] = dict(self.addresses)
@@ -235,11 +250,9 @@ async def _start_locks(
         partial(serve_locks, settings.locks, journal, event_hook=book.publish, wall_clock=clock)
     )
     handle.api.locks = locks
-    handle.extra["locks"] = locks
+    handle.publish("locks", locks, stats=locks.statistics, reload=lambda new: locks.apply_settings(new.locks))
     handle.extra["lease_book"] = book
-    handle.api.stats_providers["locks"] = locks.statistics
     handle.extra.setdefault("flush_hooks", []).append(locks.flush)
-    handle.extra.setdefault("reload_hooks", []).append(lambda new: locks.apply_settings(new.locks))
 
 
 async def _start_turn(
@@ -258,10 +271,11 @@ async def _start_turn(
     host, port = (addresses.udp or addresses.tcp)[0]
     handle.addresses["turn"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     handle.api.turn, handle.api.turn_users = service, users
-    handle.extra["turn"] = service
-    handle.api.stats_providers["turn"] = lambda: service.statistics().as_dict()
-    handle.extra.setdefault("reload_hooks", []).append(
-        lambda new: service.apply_settings(effective(new.turn))
+    handle.publish(
+        "turn",
+        service,
+        stats=lambda: service.statistics().as_dict(),
+        reload=lambda new: service.apply_settings(effective(new.turn)),
     )
 
 
@@ -282,9 +296,7 @@ async def _start_relay(
     host = settings.host_for(settings.relay.host)
     serve = partial(relay.serve, shutdown=shutdown)
     handle.addresses["relay"] = await nursery.start(_until_done, done, serve, host, settings.relay.port)
-    handle.api.stats_providers["relay"] = relay.statistics
-    handle.extra["relay"] = relay
-    handle.extra.setdefault("reload_hooks", []).append(lambda new: relay.apply_settings(new.relay))
+    handle.publish("relay", relay, stats=relay.statistics, reload=lambda new: relay.apply_settings(new.relay))
     return done
 
 
@@ -309,14 +321,12 @@ async def _start_rpc(
     host = settings.host_for(settings.rpc.host)
     serve = partial(rpc.serve, shutdown=shutdown)
     handle.addresses["rpc"] = await nursery.start(_until_done, done, serve, host)
-    handle.api.stats_providers["rpc"] = rpc.statistics
-    handle.extra["rpc"] = rpc
 
     def reload(new: Settings) -> None:
         rpc.apply_settings(new.rpc)
         backend.apply_settings(new.api)
 
-    handle.extra.setdefault("reload_hooks", []).append(reload)
+    handle.publish("rpc", rpc, stats=rpc.statistics, reload=reload)
     return done
 
 
@@ -348,9 +358,7 @@ async def _start_mesh(
     handle.extra.setdefault("rpc_services", []).append((SERVICE_NAME, mesh.rpc_service))
     done = trio.Event()
     await nursery.start(_until_done, done, partial(mesh.run, shutdown=shutdown))
-    handle.extra["mesh"] = mesh
-    handle.api.stats_providers["mesh"] = mesh.statistics
-    handle.extra.setdefault("reload_hooks", []).append(lambda new: mesh.apply_settings(new.mesh))
+    handle.publish("mesh", mesh, stats=mesh.statistics, reload=lambda new: mesh.apply_settings(new.mesh))
     return done
 
 
@@ -362,9 +370,12 @@ async def _start_election(
         settings.mesh.election, node_id=handle.node_id, cluster_id=settings.mesh.cluster_id, clock=clock
     )
     await nursery.start(election.run)
-    handle.extra["election"] = election
-    handle.api.stats_providers["election"] = election.status
-    handle.extra.setdefault("reload_hooks", []).append(lambda new: election.apply_settings(new.mesh.election))
+    handle.publish(
+        "election",
+        election,
+        stats=election.status,
+        reload=lambda new: election.apply_settings(new.mesh.election),
+    )
 
 
 async def _start_discovery(
@@ -397,8 +408,7 @@ async def _start_discovery(
         address=host,
     )
     await nursery.start(discovery.run)
-    handle.extra["discovery"] = discovery
-    handle.api.stats_providers["discovery"] = discovery.statistics
+    handle.publish("discovery", discovery, stats=discovery.statistics)
 
 
 def _service_board(handle: NodeHandle, settings: Settings) -> ServiceBoard:
