@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import math
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -130,6 +131,20 @@ class LockService:
             raise refusal_error(slot.refused.reason, resource, slot.refused.cycle)
         assert slot.lease is not None
         return await self._deliver(slot.lease, slot.batch)
+
+    def grants_at_once(self, resource: str, mode: LockMode) -> bool:
+        """Whether `acquire(resource, mode)` would return without waiting for anything: a free
+        local resource, no journal wait (durable grants off, backlog low, token reserved).
+
+        A surface may then await `acquire` inline instead of in a task of its own (it only
+        passes checkpoints); a False answer says nothing (the acquire may still be immediate).
+        """
+        if self._closed or (self._cluster is not None and self._settings.is_cluster_resource(resource)):
+            return False
+        if self._settings.durable_grants or self._writer.backlog() > self._settings.journal_max_backlog:
+            return False
+        next_token = self._state.last_token(resource) + 1
+        return self._durable_through(resource) >= next_token and self._state.free_for(resource, mode)
 
     async def release(self, resource: str, token: int, *, owner: str) -> None:
         """Release a held lock; NotFound when it is not held any more, PermissionDenied."""
@@ -430,12 +445,15 @@ class LockService:
         self._watchers.clear()
 
 
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
+
+
 def _check_name(what: str, name: str, max_bytes: int) -> None:
     if not isinstance(name, str) or not name:
         raise InvalidInput(f"{what} must be a non-empty string")
-    if len(name.encode("utf-8", "surrogatepass")) > max_bytes:
+    if len(name) * 4 > max_bytes and len(name.encode("utf-8", "surrogatepass")) > max_bytes:
         raise InvalidInput(f"{what} is longer than {max_bytes} bytes")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name):
+    if _CONTROL_CHARACTER.search(name) is not None:
         raise InvalidInput(f"{what} contains control characters")
 
 

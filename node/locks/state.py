@@ -65,6 +65,7 @@ from node.locks._types import (
     LockEvent,
     LockExpired,
     LockGranted,
+    LockMode,
     LockQueued,
     LockRefreshed,
     LockRefused,
@@ -250,6 +251,14 @@ class LockState:
             top(self._grace_heap, self._grace_valid),
             top(self._aging_heap, self._aging_valid),
         )
+
+    def free_for(self, resource: str, mode: LockMode) -> bool:
+        """Whether an acquire of `resource` in `mode` would be granted at once (nobody waits,
+        every holder is compatible); timers due now can only free more."""
+        res = self.resources.get(resource)
+        if res is None:
+            return True
+        return not res.queue and all(compatible(h.mode, mode) for h in res.holders.values())
 
     def holding(self, resource: str, token: int) -> Lease | None:
         res = self.resources.get(resource)

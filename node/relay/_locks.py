@@ -179,19 +179,38 @@ class RelayLocks:
 
     # -- handlers -----------------------------------------------------------------------------
     async def on_acquire(self, link: DeviceLink, frame: FrameView, replies: list[bytes]) -> None:
-        """ACQUIRE: checks here (NACK); the wait runs as a task of the connection."""
+        """ACQUIRE: checks here (NACK); a free local lock is granted in line (the answer joins
+        this batch's replies), any other acquire waits in a task of the connection."""
         message = decode_lock_untrusted(frame)
         assert isinstance(message, wd.LockAcquire)
         identity = _identity(link)
+        mode = LockMode(message.mode or LockMode.EXCLUSIVE)
+        if self.locks.grants_at_once(message.resource, mode):
+            replies.append(await self._outcome(link, frame.message_id, identity, message, mode))
+            return
         pending = self._pending.get(link, 0)
         if pending >= MAX_PENDING_ACQUIRES:
             raise ResourceExhausted(f"more than {MAX_PENDING_ACQUIRES} ACQUIREs waiting on this connection")
         if link.nursery is None or link.closing:
             raise Unavailable("the connection is closing")
         self._pending[link] = pending + 1
-        link.nursery.start_soon(self._acquire, link, frame.message_id, identity, message)
+        link.nursery.start_soon(self._acquire, link, frame.message_id, identity, message, mode)
 
-    async def _acquire(self, link: DeviceLink, message_id: int, identity: str, msg: wd.LockAcquire) -> None:
+    async def _acquire(
+        self, link: DeviceLink, message_id: int, identity: str, msg: wd.LockAcquire, mode: LockMode
+    ) -> None:
+        try:
+            answer = await self._outcome(link, message_id, identity, msg, mode)
+        finally:
+            if link in self._pending:
+                self._pending[link] -= 1
+        link.send(answer)
+
+    async def _outcome(
+        self, link: DeviceLink, message_id: int, identity: str, msg: wd.LockAcquire, mode: LockMode
+    ) -> bytes:
+        """Run the acquire; the answer frame (GRANTED, REFUSED or NACK)."""
+
         def queued(event: LockQueued) -> None:
             link.send(self._frame(wd.LockQueued(msg.resource, event.position), message_id, link))
 
@@ -200,23 +219,18 @@ class RelayLocks:
                 msg.resource,
                 owner=owner_name(identity, msg.owner),
                 session=identity,
-                mode=LockMode(msg.mode or LockMode.EXCLUSIVE),
+                mode=mode,
                 lease_s=msg.lease_s,
                 priority=msg.priority,
                 wait_s=msg.wait_s,
                 on_queued=queued,
             )
         except (Aborted, Deadlock) as exc:
-            link.send(self._frame(self._refused(msg, exc), message_id, link))
-            return
+            return self._frame(self._refused(msg, exc), message_id, link)
         except NodeError as exc:
-            self._nack(link, message_id, exc)
-            return
-        finally:
-            if link in self._pending:
-                self._pending[link] -= 1
+            return self._nack(link, message_id, exc)
         self.book.granted(lease, partial(self._ended, identity, message_id))
-        link.send(self._frame(self._granted(lease), message_id, link))
+        return self._frame(self._granted(lease), message_id, link)
 
     async def on_release(self, link: DeviceLink, frame: FrameView, replies: list[bytes]) -> None:
         """RELEASE: answered RELEASED; NACK not-found when the lease has already ended."""
@@ -294,11 +308,11 @@ class RelayLocks:
             cycle=tuple(str(c) for c in cycle) if cycle else None,
         )
 
-    def _nack(self, link: DeviceLink, message_id: int, exc: NodeError) -> None:
+    def _nack(self, link: DeviceLink, message_id: int, exc: NodeError) -> bytes:
         reason = wd.nack_reason_for_code(exc.code)
         nacks = self.relay.stats.nacks
         nacks[reason] = nacks.get(reason, 0) + 1
-        link.send(nack_frame(message_id, link.device_bytes, reason, exc.detail))
+        return nack_frame(message_id, link.device_bytes, reason, exc.detail)
 
     @staticmethod
     def _frame(message: ControlMessage, message_id: int, link: DeviceLink) -> bytes:

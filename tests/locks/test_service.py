@@ -333,3 +333,35 @@ async def test_grant_racing_with_cancellation_is_released(journal: FlakyJournal)
         causes = [e.cause for e in _drain(events) if isinstance(e, LockReleased)]
         assert causes == [ReleaseCause.ABANDONED]
         assert [v.resource for v in locks.list()] == ["warm"]
+
+
+async def test_grants_at_once_predicts_an_immediate_grant(journal: FlakyJournal) -> None:
+    async with service(journal) as locks:
+        # A resource's first token is not reserved yet: its grant waits for that commit.
+        assert not locks.grants_at_once("r", LockMode.EXCLUSIVE)
+        first = await locks.acquire("r", owner="a", session="s1", mode=LockMode.SHARED)
+        await locks.flush()
+        assert locks.grants_at_once("r", LockMode.SHARED)  # shared holders coexist
+        assert not locks.grants_at_once("r", LockMode.EXCLUSIVE)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: locks.acquire("r", owner="b", session="s2"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert not locks.grants_at_once("r", LockMode.SHARED)  # would overtake a waiter
+            await locks.release("r", first.token, owner="a")
+        second = (await locks.get("r")).holders[0]
+        await locks.release("r", second.token, owner="b")
+        assert locks.grants_at_once("r", LockMode.EXCLUSIVE)
+        lease = await locks.acquire("r", owner="a", session="s1")
+        assert lease.token == second.token + 1
+        await locks.release("r", lease.token, owner="a")
+    async with service(journal, durable_grants=True) as locks:
+        await locks.release("r", (await locks.acquire("r", owner="a", session="s1")).token, owner="a")
+        assert not locks.grants_at_once("r", LockMode.EXCLUSIVE)  # durable grants always wait
+
+
+async def test_grants_at_once_is_false_once_stopped(journal: FlakyJournal) -> None:
+    async with service(journal) as locks:
+        await locks.release("r", (await locks.acquire("r", owner="a", session="s1")).token, owner="a")
+        await locks.flush()
+        assert locks.grants_at_once("r", LockMode.EXCLUSIVE)
+    assert not locks.grants_at_once("r", LockMode.EXCLUSIVE)

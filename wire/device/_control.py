@@ -130,14 +130,14 @@ class ControlMessage:
 
     def to_json(self) -> dict[str, Any]:
         out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
+        for name, check in self.CHECKS.items():  # the fields, in order (checked at import)
+            value = getattr(self, name)
             try:
-                self.CHECKS[f.name](value)
+                check(value)
             except ValueError as exc:
-                raise EncodeError(f"{f.name}: {exc}") from None
+                raise EncodeError(f"{name}: {exc}") from None
             if value is not None:  # absent and null mean the same; absent is shorter
-                out[f.name] = _dump(value)
+                out[name] = _dump(value)
         return out
 
 
@@ -327,6 +327,16 @@ _JSON_MESSAGES: tuple[type[ControlMessage], ...] = (
     Unsubscribe,
     Event,
 )
+
+
+def check_fields(classes: tuple[type[ControlMessage], ...]) -> None:
+    """Raise TypeError unless each class's CHECKS name its fields in order (to_json relies on it)."""
+    for cls in classes:
+        if tuple(cls.CHECKS) != tuple(f.name for f in fields(cls)):
+            raise TypeError(f"{cls.__name__}.CHECKS must list its fields in order")
+
+
+check_fields(_JSON_MESSAGES)
 _JSON_CLASSES = {cls.TYPE: cls for cls in _JSON_MESSAGES}
 
 
@@ -341,14 +351,14 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def decode_json_object_untrusted(payload: bytes | memoryview) -> dict[str, Any]:
     """Parse a control payload: one UTF-8 JSON object, no duplicate keys, no NaN/Infinity."""
     try:
-        obj = json.loads(
-            bytes(payload).decode("utf-8"),
-            parse_constant=_reject_constant,
-            object_pairs_hook=_no_duplicates,
-        )
+        obj = _DECODER.decode(str(payload, "utf-8"))
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeError are ValueErrors
         raise DecodeError(f"bad JSON payload: {exc}", hint=NackReason.BAD_FRAME) from None
     if not isinstance(obj, dict):
@@ -394,7 +404,7 @@ def _payload_of(message: AnyControl) -> tuple[int, bytes]:
         obj = message.to_json()
         ftype = message.TYPE
     try:
-        payload = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        payload = _ENCODER.encode(obj)
     except (TypeError, ValueError) as exc:
         raise EncodeError(f"payload is not JSON: {exc}") from None
     raw = payload.encode("utf-8")

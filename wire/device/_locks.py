@@ -16,6 +16,7 @@ from wire.device._codes import LOCK_TYPES, NackReason
 from wire.device._control import (
     Check,
     ControlMessage,
+    check_fields,
     decode_json_object_untrusted,
     integer,
     items,
@@ -225,6 +226,7 @@ LOCK_MESSAGES: dict[int, type[ControlMessage]] = {
 LOCK_REQUEST_TYPES = frozenset({LockAcquire.TYPE, LockRelease.TYPE, LockRefresh.TYPE})
 """Types a device sends; the others of 0x20-0x2F come only from the node."""
 assert set(LOCK_MESSAGES) <= LOCK_TYPES
+check_fields(tuple(LOCK_MESSAGES.values()))
 
 
 def decode_lock_untrusted(frame: FrameView) -> LockMessage:
