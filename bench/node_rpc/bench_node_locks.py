@@ -6,6 +6,8 @@ A real node runs as its own process (`asgard serve`, store in a temp dir, every 
 127.0.0.1, `locks.etcd_endpoints` pointing at an etcd started here). Paths, alternating per round
 (A B C D E ...; BENCH.md):
   ws-local      DeviceClient.locks acquire + release (lock frames on the WebSocket relay)
+  ws-lean-local the same frames from the relay benchmark's client library (`websockets` on
+                uvloop): the node's share without the Trio client's own per-message costs
   grpc-local    LockService.Acquire (stream until GRANTED) + Release, grpclib on uvloop
   ws-cluster    the same on a cluster resource (etcd put-if-absent txn + delete behind the node)
   grpc-cluster
@@ -37,6 +39,7 @@ import httpx
 import trio
 import uvloop
 
+import wire.device as wd
 from bench.locks.bench_locks import EtcdRawTransport, _free_port, cpu_seconds, summary
 from node.app import ephemeral_overrides
 from node.client import ClientSettings, DeviceClient
@@ -156,6 +159,54 @@ async def ws_contended(clients: list[DeviceClient], seconds: float, resource: st
     return grants, time.perf_counter() - start
 
 
+# -- WebSocket, lean client (the relay benchmark's: `websockets` on uvloop) -------------------
+def ws_raw(relay: str, network: str, device: tuple[str, str], n: int, resource: str) -> list[float]:
+    """Acquire + release round trips from a `websockets` client on uvloop speaking the lock
+    frames directly: the node's share of the latency, without the Trio client's own costs."""
+    import websockets.asyncio.client as wsc
+
+    me = uuid.UUID(device[0])
+
+    async def frame_from(ws: Any) -> wd.FrameView:
+        data = await ws.recv()
+        if not isinstance(data, bytes):
+            raise RuntimeError("the node sent a text message")
+        return wd.decode_frame_untrusted(data, max_payload=0)
+
+    async def main() -> list[float]:
+        headers = {"Authorization": f"Bearer {device[1]}"}
+        async with wsc.connect(relay, additional_headers=headers, compression=None) as ws:
+            await ws.recv()  # WELCOME
+            net = uuid.UUID(network)
+            register = wd.Register(device_id=me, network_id=net, name="bench", world_type="physical")
+            await ws.send(wd.encode_control(register, message_id=1, source=me))
+            if (await frame_from(ws)).type != wd.FrameType.REGISTERED:
+                raise RuntimeError("REGISTER refused")
+            ids = iter(range(2, 1 << 62))
+
+            async def ask(message: wd.ControlMessage, answer: type[wd.ControlMessage]) -> Any:
+                await ws.send(wd.encode_control(message, message_id=next(ids), source=me))
+                got = wd.decode_lock_untrusted(await frame_from(ws))
+                if not isinstance(got, answer):
+                    raise RuntimeError(f"{type(message).__name__}: got {got}")
+                return got
+
+            async def trip() -> None:
+                granted = await ask(wd.LockAcquire(resource=resource), wd.LockGranted)
+                await ask(wd.LockRelease(resource=resource, token=granted.token), wd.LockReleased)
+
+            for _ in range(20):  # warm
+                await trip()
+            out = []
+            for _ in range(n):
+                start = time.perf_counter_ns()
+                await trip()
+                out.append((time.perf_counter_ns() - start) / 1000)
+            return out
+
+    return uvloop.run(main())
+
+
 # -- gRPC (grpclib + betterproto2 on uvloop, like bench/rpc) -----------------------------------
 def grpc_run(target: str, token: str, body: Callable[[Any], Awaitable[Any]]) -> Any:
     from grpclib.client import Channel
@@ -261,13 +312,18 @@ def main(args: argparse.Namespace) -> None:
                 ws_clients, relay, network, devs[:1], lambda c: ws_round_trips(c, n, resource)
             )
 
+        def ws_lean(resource: str, n: int) -> Callable[[], list[float]]:
+            return lambda: ws_raw(relay, network, devs[1], n, resource)
+
         def grpc(resource: str, n: int) -> Callable[[], list[float]]:
             return lambda: grpc_run(rpc, admin, grpc_round_trips(n, resource))
 
         paths: list[tuple[str, list[int], Callable[[], list[float]]]] = [
             ("ws-local", [pid], ws("bench/ws", args.n)),
+            ("ws-lean-local", [pid], ws_lean("bench/ws-lean", args.n)),
             ("grpc-local", [pid], grpc("bench/grpc", args.n)),
             ("ws-cluster", [pid, etcd_pid], ws("cluster/ws", args.etcd_n)),
+            ("ws-lean-cluster", [pid, etcd_pid], ws_lean("cluster/ws-lean", args.etcd_n)),
             ("grpc-cluster", [pid, etcd_pid], grpc("cluster/grpc", args.etcd_n)),
             ("etcd", [etcd_pid], lambda: trio.run(etcd_trips, url, args.etcd_n)),
         ]
@@ -356,7 +412,7 @@ def report(rows: list[dict[str, Any]], load_before: tuple[float, ...], load_afte
             print(f"{r['path']:13} {r['kind']:16} {'':>48} {r['rate_per_s']:8.0f}")
     by = {(r["path"], r["kind"]): r for r in rows}
     etcd = by[("etcd", "acquire+release")]
-    for surface in ("ws", "grpc"):
+    for surface in ("ws", "ws-lean", "grpc"):
         cluster = by[(f"{surface}-cluster", "acquire+release")]
         p50, p99 = cluster["p50"] / etcd["p50"], cluster["p99"] / etcd["p99"]
         print(f"{surface}-cluster/etcd p50 {p50:.2f} p99 {p99:.2f} (target <= 1.2)")

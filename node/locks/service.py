@@ -367,9 +367,11 @@ class LockService:
         return batch
 
     def _reschedule(self) -> None:
+        # Only ever moved earlier: a timer that fires before anything is due just ticks and
+        # sleeps again, so a release (which makes the deadline later) costs no timer update.
         deadline = self._state.next_deadline()
-        if self._timer is not None and self._timer.deadline != deadline:
-            self._timer.deadline = deadline  # (setting it is not free: only when it moved)
+        if self._timer is not None and deadline < self._timer.deadline:
+            self._timer.deadline = deadline
 
     def _journal(self, event: LockEvent) -> Batch | None:
         if isinstance(event, LockGranted | LockRefreshed):

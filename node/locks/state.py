@@ -418,6 +418,8 @@ class LockState:
 
     def _advance(self, now: float, events: list[LockEvent]) -> None:
         """Apply due timers in time order (ties: leases, sessions, waits, aging)."""
+        if self._due_bound() > now:
+            return  # the common case, decided without validating any heap entry
         while (when := self.next_deadline()) <= now and when < math.inf:
             if top(self._lease_heap, self._lease_valid) == when:
                 _, name, token = heapq.heappop(self._lease_heap)
@@ -437,6 +439,14 @@ class LockState:
                 _, wid = heapq.heappop(self._aging_heap)
                 self._age(self.waiters[wid])
             self._settle(when, events)
+
+    def _due_bound(self) -> float:
+        """A lower bound of `next_deadline()`: the heads of the timer heaps, stale or not."""
+        bound = math.inf
+        for heap in (self._lease_heap, self._wait_heap, self._grace_heap, self._aging_heap):
+            if heap and heap[0][0] < bound:
+                bound = heap[0][0]
+        return bound
 
     def _age(self, waiter: Waiter) -> None:
         """One aging step is due (counted in whole steps: no float drift in the schedule)."""
