@@ -103,6 +103,9 @@ def json_object(value: Any) -> dict[str, Any]:
     return value
 
 
+_JSON_SCALARS = frozenset({str, int, float, bool})
+
+
 def _dump(value: Any) -> Any:
     if isinstance(value, uuid.UUID):
         return str(value)
@@ -137,7 +140,7 @@ class ControlMessage:
             except ValueError as exc:
                 raise EncodeError(f"{name}: {exc}") from None
             if value is not None:  # absent and null mean the same; absent is shorter
-                out[name] = _dump(value)
+                out[name] = value if type(value) in _JSON_SCALARS else _dump(value)
         return out
 
 
