@@ -25,6 +25,7 @@ from node.clock import WallClock
 from node.errors import Unavailable
 from node.logs import event, logger
 from node.mesh import _auth as auth
+from node.mesh._dial import open_link
 from node.mesh._links import SELF_LINK, Identity, Link, PeerInfo, Refused, accept_handshake, dial_handshake
 from node.mesh._linkstate import Backoff, LinkHealth, keep_link_dialled_by
 from node.mesh._routing import MeshRoutes
@@ -229,10 +230,10 @@ class Mesh:
         host, port = split_address(address)
         ls = self.settings.link
         tls = client_ssl(str(ls.tls_ca_path) if ls.tls_ca_path else None) if ls.tls else None
+        dial = open_link if ls.dialer == "trio" else partial(open_peer_stream, self._island)
         opened = partial(
-            open_peer_stream, self._island, host, port, window=ls.send_window,
-            queue_max=ls.queue_max_messages, connect_timeout_s=ls.handshake_timeout_s, tls=tls,
-            tls_server_name=ls.tls_server_name,
+            dial, host, port, window=ls.send_window, queue_max=ls.queue_max_messages,
+            connect_timeout_s=ls.handshake_timeout_s, tls=tls, tls_server_name=ls.tls_server_name,
         )  # fmt: skip
         try:
             async with opened() as stream:

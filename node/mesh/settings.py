@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -93,6 +93,13 @@ class LinkSettings(Section):
         le=10_000_000,
         description="Messages waiting behind the window per link; past it frames for that peer are "
         "refused (NACK unavailable) instead of queued without bound.",
+    )
+    dialer: Literal["trio", "island"] = Field(
+        "trio",
+        description="Where a link this node dials runs: 'trio' speaks the gRPC stream on the node's "
+        "own thread (HTTP/2 with h2 on a Trio socket: no hand-over to the gRPC thread per message), "
+        "'island' dials with grpclib on the gRPC thread. Same bytes on the wire; accepted links "
+        "always run on the gRPC thread.",
     )
     tls: bool = Field(False, description="Dial peers with TLS (their rpc listener must have TLS).")
     tls_ca_path: Path | None = Field(

@@ -5,10 +5,13 @@ Theory of operation
 -------------------
 A link is one bidirectional gRPC stream; its two ends in this process live on two threads:
 
-* `_IslandSide` (island thread) runs a reader and a writer on the grpclib stream.
-* `PeerStream` (Trio thread) is what `node.mesh` uses: `send_nowait(message)` never waits and
-  `set_handler(fn)` has every arriving message handed to `fn` synchronously, inside the bridge's
-  batched hand-over (no task switch per message); `receive()` serves the handshake before that.
+* `_IslandSide` (island thread) runs a reader and a writer on the grpclib stream. That is the
+  accepting end, always (the rpc listener is grpclib's), and the dialling end when
+  `open_peer_stream` is used; `node.mesh._dial` dials on Trio itself instead (no hand-over).
+* `PeerStream` (Trio thread) is what `node.mesh` uses, whichever end is far (`FarEnd`):
+  `send_nowait(message)` never waits and `set_handler(fn)` has every arriving message handed to
+  `fn` synchronously, inside the bridge's batched hand-over (no task switch per message);
+  `receive()` serves the handshake before that.
 
 Both directions are credit-limited like the bridge's pipes (`_pipes`): Trio may have `window`
 messages posted to the island that the writer has not yet written, and the island may have
@@ -30,11 +33,10 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import struct
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import grpclib.client
 import grpclib.config
@@ -45,29 +47,42 @@ from node.errors import Unavailable
 from node.rpc._bridge import JOB_CANCEL_WAIT_S, Bridge, StreamCall
 from node.rpc._gate import CallContext, Method, Stream
 from node.rpc._island import Island
+from node.rpc._peer_codec import encode_batch
 from node.rpc._peer_model import PeerMessage
 
 log = logging.getLogger("asgard.rpc")
 
 SERVICE = "asgard.v1.Mesh"
 LINK = f"/{SERVICE}/Link"
-_PREFIX = struct.Struct(">BI")
 _MAX_WRITE_BATCH = 128
 _END_WAIT_S = 2.0
 
 Handler = Callable[[PeerMessage], bool]
+Post = Callable[..., None]
+"""How `PeerStream` reaches its far end: `post(fn, *args)` runs `fn(*args)` there (a bridge post
+to the island, or a plain call when the far end runs on Trio)."""
 Accept = Callable[["PeerStream"], Awaitable[None]]
+
+
+class FarEnd(Protocol):
+    """What `PeerStream` asks of the end that writes and reads the connection."""
+
+    def push(self, message: PeerMessage) -> None: ...
+
+    def credit(self, count: int) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class PeerStream:
     """One link from the Trio side (Trio thread only)."""
 
-    def __init__(self, bridge: Bridge, *, window: int, queue_max: int, remote: str) -> None:
+    def __init__(self, post: Post, *, window: int, queue_max: int, remote: str) -> None:
         self.remote = remote
-        self._bridge = bridge
+        self._post_job = post
         self._window = window
         self._queue_max = queue_max
-        self._island: _IslandSide | None = None
+        self._far: FarEnd | None = None
         self._credits = window
         self._backlog: deque[PeerMessage] = deque()
         self._room: trio.Event | None = None
@@ -112,10 +127,11 @@ class PeerStream:
             await self._room.wait()
 
     def _post(self, message: PeerMessage) -> None:
-        assert self._island is not None
-        self._bridge.to_island(self._island.push, message)
+        assert self._far is not None
+        self._post_job(self._far.push, message)
 
-    def _trio_credit(self, count: int) -> None:
+    def far_credit(self, count: int) -> None:
+        """The far end wrote `count` messages: their send credits come back (Trio thread)."""
         self._credits += count
         backlog = self._backlog
         while self._credits and backlog:
@@ -140,8 +156,8 @@ class PeerStream:
     def consumed(self, count: int = 1) -> None:
         """Messages are dealt with: give their credits back to the island (in batches)."""
         self._consumed += count
-        if self._consumed >= max(1, self._window // 2) and self._island is not None:
-            self._bridge.to_island(self._island.credit, self._consumed)
+        if self._consumed >= max(1, self._window // 2) and self._far is not None:
+            self._post_job(self._far.credit, self._consumed)
             self._consumed = 0
 
     async def receive(self) -> PeerMessage:
@@ -172,7 +188,8 @@ class PeerStream:
         if done:
             self.consumed(1)
 
-    def _trio_deliver(self, message: PeerMessage) -> None:
+    def far_deliver(self, message: PeerMessage) -> None:
+        """A message arrived from the peer (called by the far end, on the Trio thread)."""
         self.received += 1
         if self._handler is not None and not self._inbox:
             self._dispatch(message)
@@ -182,7 +199,8 @@ class PeerStream:
             self._wait.set()
             self._wait = None
 
-    def _trio_end(self, error: BaseException | None) -> None:
+    def far_end(self, error: BaseException | None) -> None:
+        """The link is over, cleanly or with `error` (called by the far end, on the Trio thread)."""
         if self._ended:
             return
         self._ended = True
@@ -205,8 +223,8 @@ class PeerStream:
             return
         self._closing = True
         self._backlog.clear()
-        if self._island is not None and not self._ended:
-            self._bridge.to_island(self._island.close)
+        if self._far is not None and not self._ended:
+            self._post_job(self._far.close)
 
 
 class _IslandSide:
@@ -223,7 +241,7 @@ class _IslandSide:
         self._wake_reader: asyncio.Future[None] | None = None
         self._closing = False
         self._ended = False
-        peer._island = self
+        peer._far = self
 
     # Posted from Trio ------------------------------------------------------------------------
     def push(self, message: PeerMessage) -> None:
@@ -248,7 +266,7 @@ class _IslandSide:
         """Tell Trio the link is over (once)."""
         if not self._ended:
             self._ended = True
-            self._bridge.to_trio(self._peer._trio_end, error)
+            self._bridge.to_trio(self._peer.far_end, error)
 
     async def run(self, stream: Any, write: Callable[[Any, list[PeerMessage]], Awaitable[None]]) -> None:
         """Read and write until the peer ends, Trio closes, or the stream breaks."""
@@ -279,7 +297,7 @@ class _IslandSide:
                 finally:
                     self._wake_reader = None
             self._credits -= 1
-            self._bridge.to_trio(self._peer._trio_deliver, message)
+            self._bridge.to_trio(self._peer.far_deliver, message)
 
     async def _write(self, stream: Any, write: Callable[[Any, list[PeerMessage]], Awaitable[None]]) -> None:
         loop = asyncio.get_running_loop()
@@ -300,7 +318,7 @@ class _IslandSide:
             # holds window - credit_batch + 1 credits at worst, so it never waits on this.
             self._unreturned += len(batch)
             if self._unreturned >= self._credit_batch:
-                self._bridge.to_trio(self._peer._trio_credit, self._unreturned)
+                self._bridge.to_trio(self._peer.far_credit, self._unreturned)
                 self._unreturned = 0
 
 
@@ -316,7 +334,7 @@ def _unavailable(error: BaseException) -> Unavailable:
 async def _write_server(stream: Stream, messages: list[PeerMessage]) -> None:
     if not stream._send_initial_metadata_done:
         await stream.send_initial_metadata()
-    await stream._stream.send_data(_encode_batch(stream, messages))
+    await stream._stream.send_data(encode_batch(messages))
     stream._send_message_done = True
     stream._messages_sent += len(messages)
 
@@ -325,19 +343,9 @@ async def _write_client(stream: grpclib.client.Stream[Any, Any], messages: list[
     # grpclib 0.4 internals, as in node.rpc._streams: several messages in one DATA write.
     if not stream._send_request_done:
         await stream.send_request()
-    await stream._stream.send_data(_encode_batch(stream, messages))
+    await stream._stream.send_data(encode_batch(messages))
     stream._send_message_done = True
     stream._messages_sent += len(messages)
-
-
-def _encode_batch(stream: Any, messages: list[PeerMessage]) -> bytes:
-    encode = stream._codec.encode
-    parts = []
-    for message in messages:
-        body = encode(message, PeerMessage)
-        parts.append(_PREFIX.pack(0, len(body)))
-        parts.append(body)
-    return b"".join(parts)
 
 
 # ---------------------------------------------------------------------- the service (inbound)
@@ -361,7 +369,8 @@ class PeerService:
     async def link(self, stream: Stream, ctx: CallContext) -> None:
         addr = stream.peer.addr() if stream.peer is not None else None
         remote = f"{addr[0]}:{addr[1]}" if addr else "unknown"
-        peer = PeerStream(self._island.bridge, window=self._window, queue_max=self._queue_max, remote=remote)
+        bridge = self._island.bridge
+        peer = PeerStream(bridge.to_island, window=self._window, queue_max=self._queue_max, remote=remote)
         side = _IslandSide(self._island.bridge, peer, self._window)
         call = ctx.open_stream(_run_accept, self._accept, peer, bidirectional=False)
         trio_done = asyncio.get_running_loop().create_task(_result(call))
@@ -429,7 +438,7 @@ async def open_peer_stream(
     `Unavailable` from the first `receive()`.
     """
     bridge = island.bridge
-    peer = PeerStream(bridge, window=window, queue_max=queue_max, remote=f"{host}:{port}")
+    peer = PeerStream(bridge.to_island, window=window, queue_max=queue_max, remote=f"{host}:{port}")
     side = _IslandSide(bridge, peer, window)
     job = bridge.start_island_job(_dial, side, host, port, connect_timeout_s, tls, tls_server_name)
     try:

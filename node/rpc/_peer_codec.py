@@ -8,6 +8,7 @@ checks both directions); every other message goes through the generated classes.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,10 @@ import betterproto2
 from node.rpc import _peer_model as m
 from protos.gen.asgard import v1 as pb
 
+_PREFIX = struct.Struct(">BI")  # gRPC message prefix: compressed flag, length
+MERGE_MAX_BYTES = 256 << 10
+"""Frames queued together are merged into one message up to this size (far below any receiver's
+message limit)."""
 _FRAMES_TAG = 0x3A  # PeerMessage.frames: field 7, wire type 2 (length-delimited)
 _FRAME_TAG = 0x0A  # PeerFrames.frames: field 1, wire type 2
 _HOPS_TAG = 0x12  # PeerFrames.hops: field 2, wire type 2
@@ -81,6 +86,45 @@ def decode_frames(data: bytes) -> m.Frames | None:
             hops = data[pos:end]
         pos = end
     return m.Frames(tuple(frames), hops)
+
+
+def encode_batch(messages: list[m.PeerMessage]) -> bytes:
+    """Messages as one run of gRPC length-prefixed messages (1 flag byte, 4 length bytes) for one
+    DATA write; consecutive `Frames` become one `Frames` message of at most `MERGE_MAX_BYTES`."""
+    parts: list[bytes] = []
+    run: list[m.Frames] = []
+    size = 0
+    for message in messages:
+        if type(message) is m.Frames and len(message.hops) == len(message.frames):
+            if run and size + _frames_bytes(message) > MERGE_MAX_BYTES:
+                _put(parts, _merged(run))
+                run, size = [], 0
+            run.append(message)
+            size += _frames_bytes(message)
+            continue
+        if run:
+            _put(parts, _merged(run))
+            run, size = [], 0
+        _put(parts, message)
+    if run:
+        _put(parts, _merged(run))
+    return b"".join(parts)
+
+
+def _frames_bytes(message: m.Frames) -> int:
+    return sum(len(frame) for frame in message.frames) + 8 * len(message.frames)
+
+
+def _merged(run: list[m.Frames]) -> m.Frames:
+    if len(run) == 1:
+        return run[0]
+    return m.Frames(tuple(f for x in run for f in x.frames), b"".join(x.hops for x in run))
+
+
+def _put(parts: list[bytes], message: m.PeerMessage) -> None:
+    body = encode(message)
+    parts.append(_PREFIX.pack(0, len(body)))
+    parts.append(body)
 
 
 def encode(message: m.PeerMessage) -> bytes:

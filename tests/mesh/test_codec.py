@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from node.rpc import _peer_model as m
-from node.rpc._peer_codec import PeerDecodeError, decode, encode
+from node.rpc._peer_codec import MERGE_MAX_BYTES, PeerDecodeError, decode, encode, encode_batch
 from protos.gen.asgard import v1 as pb
 
 MESSAGES = [
@@ -48,3 +48,27 @@ def test_frames_fast_path_matches_the_generated_code(frames: list[bytes], hops: 
 def test_garbage_is_a_decode_error(data: bytes) -> None:
     with pytest.raises(PeerDecodeError):
         decode(data)
+
+
+def _unbatch(data: bytes) -> list[m.PeerMessage]:
+    out, pos = [], 0
+    while pos < len(data):
+        size = int.from_bytes(data[pos + 1 : pos + 5], "big")
+        out.append(decode(data[pos + 5 : pos + 5 + size]))
+        pos += 5 + size
+    return out
+
+
+@given(st.lists(st.one_of(st.sampled_from(MESSAGES), st.binary(min_size=1, max_size=40_000)), max_size=40))
+def test_a_batch_keeps_every_message_and_frame_in_order(items: list[m.PeerMessage | bytes]) -> None:
+    messages = [m.Frames((x,), b"\x02") if isinstance(x, bytes) else x for x in items]
+    batch = _unbatch(encode_batch(messages))
+    flat = [(f, h) for x in batch if isinstance(x, m.Frames) for f, h in zip(x.frames, x.hops, strict=True)]
+    want = [
+        (f, h) for x in messages if isinstance(x, m.Frames) for f, h in zip(x.frames, x.hops, strict=True)
+    ]
+    assert flat == want  # consecutive frames merged, none lost or reordered
+    assert [x for x in batch if not isinstance(x, m.Frames)] == [
+        x for x in messages if not isinstance(x, m.Frames)
+    ]
+    assert all(sum(map(len, x.frames)) <= MERGE_MAX_BYTES for x in batch if isinstance(x, m.Frames))
