@@ -11,8 +11,12 @@ Cross-node: the pinger on A, the echoer on B, so every round trip crosses the pe
 fresh device ids, and the pinger starts only once A's replicated registry names B as the echoer's
 home. Results: one JSON line per case and round in bench/results/mesh-*.jsonl (p50/p90/p99/p99.9/
 max in µs, rate, server CPU seconds of both nodes from /proc/PID/stat, the mesh's routing
-counters), then a table of medians and the cross/same ratio. Target: cross-node p99 <= 2 ms.
-Loopback only; both nodes and every client are killed at the end.
+counters, and each node's CPU per round trip split by thread: the Trio thread and the others,
+chiefly the gRPC island), then a table of medians and the cross/same ratio. Target: cross-node
+p99 <= 2 ms. `--dialers trio,island` runs a second pair of nodes whose links are dialled with
+grpclib on the island (`mesh.link.dialer`) and alternates the cross-node case on both pairs: the
+effect of the Trio dialer measured side by side. Loopback only; every node and client is killed
+at the end.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ WAIT_S = 30.0
 
 
 @contextmanager
-def node(peers: list[str]) -> Iterator[tuple[Server, dict[str, Any]]]:
+def node(peers: list[str], dialer: str = "trio") -> Iterator[tuple[Server, dict[str, Any]]]:
     """An ephemeral node with the mesh on; yields (server, its announcement)."""
     env = {
         **os.environ,
@@ -61,6 +65,7 @@ def node(peers: list[str]) -> Iterator[tuple[Server, dict[str, Any]]]:
         **ASGARD_ENV,
         **MESH_ENV,
         "ASGARD_MESH__PEERS": json.dumps(peers),
+        "ASGARD_MESH__LINK__DIALER": dialer,
     }
     proc = subprocess.Popen(
         [PY, "-m", "node", "serve", "--ephemeral"],
@@ -129,10 +134,36 @@ def round_trip(
     wait_for(lambda: all(known(n, a) and known(n, b) for n in nodes), "both devices on both nodes")
     with background(client(echoer, network, "echo", b, a, size=args.size)):
         cpu0 = [cpu_seconds(n.pid) for n in nodes]
+        threads0 = [thread_cpu(n.pid) for n in nodes]
         argv = client(pinger, network, "pingpong", a, b, size=args.size, count=args.count, warmup=args.warmup)
         result = run_json(argv)
         result["server_cpu_s"] = round(sum(cpu_seconds(n.pid) for n in nodes) - sum(cpu0), 3)
+        trips = args.count + args.warmup
+        for name, n, before in zip("ab", nodes, threads0, strict=True):
+            main, other = _split(before, thread_cpu(n.pid), n.pid)
+            result[f"cpu_us_per_rt_{name}_trio"] = round(main * 1e6 / trips, 1)
+            result[f"cpu_us_per_rt_{name}_other"] = round(other * 1e6 / trips, 1)
     return result
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """utime + stime of every thread of `pid`, in seconds."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def _split(before: dict[int, float], after: dict[int, float], pid: int) -> tuple[float, float]:
+    """CPU seconds spent meanwhile by the main (Trio) thread and by all the other threads."""
+    delta = {tid: cpu - before.get(tid, 0.0) for tid, cpu in after.items()}
+    main = delta.pop(pid, 0.0)
+    return main, sum(delta.values())
 
 
 def main() -> None:
@@ -143,19 +174,20 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=3000)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--dialers", default="trio", help="comma-separated: trio, island")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"mesh-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-    rows: dict[str, list[dict[str, Any]]] = {"same-node": [], "cross-node": []}
+    dialers = [d.strip() for d in args.dialers.split(",") if d.strip()]
+    named = len(dialers) > 1
+    cases = ["same-node"] + [f"cross-node ({d} dialer)" if named else "cross-node" for d in dialers]
+    rows: dict[str, list[dict[str, Any]]] = {case: [] for case in cases}
     with ExitStack() as stack:
-        a, a_line = stack.enter_context(node([]))
-        b, _ = stack.enter_context(node([a_line["rpc"]]))
-        wait_for(lambda: len(homes(a)) >= 2, "the link between the nodes")
-        network = b.network = a.network
-        wait_for(lambda: api(b).get(f"/api/v1/networks/{network}").status_code == 200, "the network on B")
+        pairs = [_pair(stack, dialer) for dialer in dialers]
         for n in range(args.rounds):
-            for case, echoer in (("same-node", a), ("cross-node", b)):
-                result = round_trip(a, echoer, network, [a, b], args)
+            for case in cases:
+                a, b = pairs[max(0, cases.index(case) - 1)]
+                result = round_trip(a, a if case == "same-node" else b, a.network, [a, b], args)
                 with api(a) as c:
                     result["mesh_routing_a"] = c.get("/api/v1/admin/stats").json()["services"]["mesh"][
                         "routing"
@@ -165,25 +197,42 @@ def main() -> None:
                 rows[case].append(record)
                 with out.open("a") as f:
                     f.write(json.dumps(record) + "\n")
-                print(f"round {n} {case:10} " + _line(result))
+                print(f"round {n} {case:26} " + _line(result))
     table(rows, out)
+
+
+def _pair(stack: ExitStack, dialer: str) -> tuple[Server, Server]:
+    """Two linked nodes; B dials A (with `dialer`) and knows A's network."""
+    a, a_line = stack.enter_context(node([], dialer))
+    b, _ = stack.enter_context(node([a_line["rpc"]], dialer))
+    wait_for(lambda: len(homes(a)) >= 2, "the link between the nodes")
+    network = b.network = a.network
+    wait_for(lambda: api(b).get(f"/api/v1/networks/{network}").status_code == 200, "the network on B")
+    return a, b
 
 
 def table(rows: dict[str, list[dict[str, Any]]], out: Any) -> None:
     def med(case: str, key: str) -> float:
-        return statistics.median(r[key] for r in rows[case] if key in r)
+        return float(statistics.median(r[key] for r in rows[case] if key in r))
 
     print(f"\nmedians over {len(rows['same-node'])} rounds ({out}):")
-    print("| case | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | rate rt/s | server CPU s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| case | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | rate rt/s | server CPU s "
+          "| CPU µs/rt A trio + other | B trio + other |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for case in rows:
         rate = 1e6 / med(case, "p50_us")
         cells = [med(case, k) for k in ("p50_us", "p90_us", "p99_us", "p999_us", "max_us")]
         cpu = med(case, "server_cpu_s")
-        print(f"| {case} | " + " | ".join(f"{v:.0f}" for v in cells) + f" | {rate:.0f} | {cpu:.2f} |")
-    ratio = med("cross-node", "p99_us") / med("same-node", "p99_us")
-    verdict = "met" if med("cross-node", "p99_us") <= 2000 else "NOT met"
-    print(f"cross/same p99 ratio {ratio:.2f}; target cross-node p99 <= 2000 µs: {verdict}")
+        threads = [med(case, f"cpu_us_per_rt_{n}_{t}") for n in "ab" for t in ("trio", "other")]
+        split = f"{threads[0]:.0f} + {threads[1]:.0f} | {threads[2]:.0f} + {threads[3]:.0f}"
+        figures = " | ".join(f"{v:.0f}" for v in cells)
+        print(f"| {case} | {figures} | {rate:.0f} | {cpu:.2f} | {split} |")
+    for case in rows:
+        if case == "same-node":
+            continue
+        ratio = med(case, "p99_us") / med("same-node", "p99_us")
+        verdict = "met" if med(case, "p99_us") <= 2000 else "NOT met"
+        print(f"{case}: cross/same p99 ratio {ratio:.2f}; target cross-node p99 <= 2000 µs: {verdict}")
 
 
 def _line(result: dict[str, Any]) -> str:
