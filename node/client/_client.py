@@ -10,8 +10,8 @@ HEARTBEATs, routes ACK/NACK answers to the `send` that waits for them, hands rec
 to the application in order (dropping duplicates by (source, message id)), answers DELIVERED for
 DURABLE ones once the application has taken them, and reconnects with exponential backoff and
 jitter, except when the node ended the session for good (4000 replaced, 4001, 4002, 4003).
-Lock requests go through `client.locks` (node.client._locks). Built on trio-websocket: the client
-side is not on the node's hot path.
+Lock requests go through `client.locks` (node.client._locks). The WebSocket protocol is wsproto,
+driven by the reading task itself (node.client._ws says why not trio-websocket).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import trio
-import trio_websocket
 
 from node.client._locks import LockCalls
 from node.client._types import Ack, ConnectionLost, Message, NackError, SeenIds, SessionEnded
+from node.client._ws import ClientWebSocket, WsClosed, WsHandshakeError, WsRejected
 from wire import DecodeError
 from wire.device import (
     DATA_TYPES,
@@ -111,7 +111,7 @@ class DeviceClient:
         self.duplicates = 0
         self.unsolicited_nacks: deque[NackError] = deque(maxlen=1000)
         self.ended: SessionEnded | None = None
-        self._ws: trio_websocket.WebSocketConnection | None = None
+        self._ws: ClientWebSocket | None = None
         self._waiters: dict[int, _Waiter] = {}
         self._next_id = secrets.randbits(40) << 16
         self._seen = SeenIds(self.settings.dedup_capacity)
@@ -160,12 +160,7 @@ class DeviceClient:
             self._events_send.close()
 
     async def _one_session(self, task_status: trio.TaskStatus[None] | None) -> tuple[int | None, str]:
-        """Run one connection; return its close (code, reason).
-
-        The TCP stream is opened and closed here rather than by trio-websocket's
-        `open_websocket_url`: 0.12.2 leaves the socket open after a rejected upgrade (401) and
-        after a close the server initiated.
-        """
+        """Run one connection; return its close (code, reason)."""
         url = urlsplit(self.url)
         try:
             with trio.fail_after(self.settings.connect_timeout_s):
@@ -177,10 +172,7 @@ class DeviceClient:
             async with trio.open_nursery() as nursery:
                 closed = await self._session_on(nursery, stream, url.netloc, url.path or "/", task_status)
                 nursery.cancel_scope.cancel()
-        except* trio_websocket.ConnectionRejected as group:  # raised by trio-websocket's reader task
-            status = getattr(group.exceptions[0], "status_code", 0)
-            closed = (4001 if status in (401, 403) else None), f"HTTP {status}"
-        except* (OSError, trio.BrokenResourceError, trio_websocket.HandshakeError) as group:
+        except* (OSError, trio.BrokenResourceError, WsHandshakeError) as group:
             closed = None, str(group.exceptions[0])
         finally:
             self._ws = None
@@ -205,16 +197,8 @@ class DeviceClient:
         ws = None
         try:
             with trio.fail_after(self.settings.connect_timeout_s):
-                ws = await trio_websocket.wrap_client_stream(
-                    nursery,
-                    stream,
-                    host,
-                    resource,
-                    extra_headers=headers,
-                    message_queue_size=64,
-                    max_message_size=_MAX_FRAME,
-                    receive_buffer_size=65536,
-                )
+                ws = ClientWebSocket(stream, max_message_bytes=_MAX_FRAME)
+                await ws.handshake(host, resource, headers)
                 await self._handshake(ws)
             self._ws = ws
             self.sessions += 1
@@ -222,12 +206,11 @@ class DeviceClient:
             if task_status is not None:
                 task_status.started()
             return await self._serve(ws)
-        except trio_websocket.ConnectionClosed as exc:
-            closed = exc.reason
-            return (closed.code, closed.reason or "") if closed is not None else (None, "")
-        except trio_websocket.ConnectionRejected as exc:
-            return (4001 if exc.status_code in (401, 403) else None), f"HTTP {exc.status_code}"
-        except (OSError, trio.BrokenResourceError, trio_websocket.HandshakeError, trio.TooSlowError) as exc:
+        except WsClosed as exc:
+            return exc.code, exc.reason
+        except WsRejected as exc:
+            return (4001 if exc.status in (401, 403) else None), f"HTTP {exc.status}"
+        except (OSError, trio.BrokenResourceError, WsHandshakeError, trio.TooSlowError) as exc:
             return None, str(exc)
         except NackError as exc:  # REGISTER refused: retrying would not help
             self._fatal = exc
@@ -238,10 +221,10 @@ class DeviceClient:
                     scope.shield = True
                     await ws.aclose()
 
-    async def _handshake(self, ws: trio_websocket.WebSocketConnection) -> None:
+    async def _handshake(self, ws: ClientWebSocket) -> None:
         if self.settings.auth == "hello":
             hello = Hello(token=self.token, client=self.settings.client)
-            await ws.send_message(encode_control(hello, message_id=self._new_id()))
+            await ws.send(encode_control(hello, message_id=self._new_id()))
         welcome = await self._expect(ws, FrameType.WELCOME)
         assert isinstance(welcome, Welcome)
         self.welcome = welcome
@@ -254,41 +237,40 @@ class DeviceClient:
             capabilities=s.capabilities or None,
             hardware_spec=s.hardware_spec,
         )
-        await ws.send_message(encode_control(register, message_id=self._new_id(), source=self.device_id))
+        await ws.send(encode_control(register, message_id=self._new_id(), source=self.device_id))
         registered = await self._expect(ws, FrameType.REGISTERED)
         assert isinstance(registered, Registered)
         self.registered = registered
 
-    async def _expect(self, ws: trio_websocket.WebSocketConnection, ftype: int) -> object:
+    async def _expect(self, ws: ClientWebSocket, ftype: int) -> object:
         """The next frame must be `ftype` (a NACK raises NackError, anything else is a protocol error)."""
-        frame = _decode(await ws.get_message())
+        frame = _decode(await ws.receive())
         if frame.type == FrameType.NACK:
             nack = decode_nack_untrusted(frame.payload)
             raise NackError(frame.message_id, nack.reason, nack.detail)
         if frame.type != ftype:
-            raise trio_websocket.HandshakeError(f"expected frame type {ftype:#04x}, got {frame.type:#04x}")
+            raise WsHandshakeError(f"expected frame type {ftype:#04x}, got {frame.type:#04x}")
         return decode_control_untrusted(frame)
 
-    async def _serve(self, ws: trio_websocket.WebSocketConnection) -> tuple[int | None, str]:
+    async def _serve(self, ws: ClientWebSocket) -> tuple[int | None, str]:
         """Read until the connection closes; return the close (code, reason)."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._heartbeats, ws)
             nursery.start_soon(self._close_when_asked, ws)
             try:
                 await self._read(ws)
-            except trio_websocket.ConnectionClosed as exc:
-                closed = exc.reason
-                return (closed.code, closed.reason or "") if closed is not None else (None, "")
+            except WsClosed as exc:
+                return exc.code, exc.reason
             finally:
                 nursery.cancel_scope.cancel()
         return None, ""
 
-    async def _close_when_asked(self, ws: trio_websocket.WebSocketConnection) -> None:
-        """Run the close handshake from inside the session, where trio-websocket's reader lives."""
+    async def _close_when_asked(self, ws: ClientWebSocket) -> None:
+        """Start the close handshake; the reading task ends with the node's answer."""
         await self._close_requested.wait()
         await ws.aclose()
 
-    async def _heartbeats(self, ws: trio_websocket.WebSocketConnection) -> None:
+    async def _heartbeats(self, ws: ClientWebSocket) -> None:
         assert self.welcome is not None
         interval = self.settings.heartbeat_interval_s or self.welcome.heartbeat_interval_s / 2
         while True:
@@ -296,11 +278,11 @@ class DeviceClient:
             frame = encode_control(
                 Heartbeat(status="active"), message_id=self._new_id(), source=self.device_id
             )
-            await ws.send_message(frame)
+            await ws.send(frame)
 
-    async def _read(self, ws: trio_websocket.WebSocketConnection) -> None:
+    async def _read(self, ws: ClientWebSocket) -> None:
         while True:
-            raw = await ws.get_message()
+            raw = await ws.receive()
             try:
                 frame = _decode(raw)
             except DecodeError:
@@ -378,14 +360,14 @@ class DeviceClient:
             raise ConnectionLost("not connected")
         message_id = int.from_bytes(frame[4:12], "big")
         if not wait_ack:
-            await ws.send_message(frame)
+            await ws.send(frame)
             return None
         waiter = self._waiters[message_id] = _Waiter()
         try:
-            await ws.send_message(frame)
+            await ws.send(frame)
             with trio.fail_after(self.settings.ack_timeout_s):
                 await waiter.done.wait()
-        except trio_websocket.ConnectionClosed:
+        except WsClosed:
             raise ConnectionLost("the connection closed while sending") from None
         finally:
             del self._waiters[message_id]
@@ -424,8 +406,8 @@ class DeviceClient:
         frame = encode_control(
             Delivered(), message_id=message.message_id, source=self.device_id, destination=message.source
         )
-        with suppress(trio_websocket.ConnectionClosed):
-            await ws.send_message(frame)
+        with suppress(WsClosed):
+            await ws.send(frame)
 
     async def events(self) -> Event:
         """The next EVENT (after SUBSCRIBE)."""

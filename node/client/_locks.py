@@ -23,6 +23,7 @@ import trio
 
 import wire.device as wd
 from node.client._types import ClientError, ConnectionLost
+from node.client._ws import WsClosed
 from wire import DecodeError
 from wire.device import FrameView, decode_lock_untrusted, encode_control
 
@@ -115,7 +116,10 @@ class LockCalls:
         message_id = client._new_id()
         call = self._calls[message_id] = _Call(answers, on_queued)
         try:
-            await ws.send_message(encode_control(request, message_id=message_id, source=client.device_id))
+            try:
+                await ws.send(encode_control(request, message_id=message_id, source=client.device_id))
+            except WsClosed:
+                raise ConnectionLost("the connection closed while sending") from None
             with trio.fail_after(wait_s + client.settings.ack_timeout_s):
                 await call.done.wait()
         finally:
