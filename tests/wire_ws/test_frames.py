@@ -163,6 +163,32 @@ def test_too_big_single_and_fragmented_before_payload_arrives() -> None:
     assert decode_all([client_frame(OP_BINARY, b"x" * 100)], max_message_bytes=100) == [b"x" * 100]
 
 
+def test_too_big_with_a_16_bit_length_from_the_header_alone() -> None:
+    decoder = FrameDecoder(max_message_bytes=200)
+    with pytest.raises(DecodeError) as info:
+        decoder.feed(client_frame(OP_BINARY, b"x" * 300)[:8])
+    assert info.value.hint == 1009
+
+
+def test_all_binary_says_whether_one_feed_returned_binary_messages_only() -> None:
+    decoder = FrameDecoder(max_message_bytes=1 << 20)
+    assert decoder.feed(client_frame(OP_BINARY, b"a") + client_frame(OP_BINARY, b"b" * 300)) == [
+        b"a",
+        b"b" * 300,
+    ]
+    assert decoder.all_binary
+    assert decoder.feed(client_frame(OP_BINARY, b"c") + client_frame(OP_PING, b"p")) == [b"c", Ping(b"p")]
+    assert not decoder.all_binary
+    assert decoder.feed(client_frame(OP_BINARY, b"d")) == [b"d"]
+    assert decoder.all_binary
+    assert decoder.feed(client_frame(OP_TEXT, b"t")) == ["t"]
+    assert not decoder.all_binary
+    assert decoder.feed(client_frame(OP_BINARY, b"e")[:3]) == []  # cut: nothing returned yet
+    assert decoder.all_binary
+    assert decoder.feed(client_frame(OP_BINARY, b"e")[3:] + client_frame(OP_PONG, b"")) == [b"e", Pong(b"")]
+    assert not decoder.all_binary
+
+
 def test_encode_headers_match_rfc_examples() -> None:
     assert encode_frame_header(OP_TEXT, 5) + b"Hello" == bytes.fromhex("810548656c6c6f")
     assert encode_control_frame(OP_PING, b"Hello") == bytes.fromhex("890548656c6c6f")

@@ -96,6 +96,7 @@ class FrameDecoder:
         "_need",
         "_pending",
         "_unmask",
+        "all_binary",
     )
 
     def __init__(self, *, max_message_bytes: int, unmask: Unmasker | None = None) -> None:
@@ -107,6 +108,7 @@ class FrameDecoder:
         self._frag_parts: list[bytes] = []
         self._frag_size = 0
         self._closed = False
+        self.all_binary = True  # every event of the last `feed` was a binary message (bytes)
 
     @property
     def buffered_bytes(self) -> int:
@@ -115,7 +117,12 @@ class FrameDecoder:
         return pending + self._frag_size
 
     def feed(self, data: BytesLike) -> list[WsEvent]:
-        """Consume a chunk of the byte stream and return every message it completes."""
+        """Consume a chunk of the byte stream and return every message it completes.
+
+        Afterwards `all_binary` tells whether every returned event is a binary message (`bytes`),
+        so a reader can skip looking for control frames in the usual case.
+        """
+        self.all_binary = True
         if self._closed:
             return []
         if self._pending is None:
@@ -127,43 +134,71 @@ class FrameDecoder:
             view = memoryview(self._pending)
             self._pending = None
         events: list[WsEvent] = []
-        pos = self._parse(view, events)
-        if pos < view.nbytes and not self._closed:
-            self._pending = bytearray(view[pos:])
-        return events
-
-    def _parse(self, view: memoryview, events: list[WsEvent]) -> int:
         end = view.nbytes
         pos = 0
+        unmask = self._unmask
         while end - pos >= 2 and not self._closed:
             b0 = view[pos]
             b1 = view[pos + 1]
-            if not b1 & 0x80:
-                raise _protocol_error("client frame is not masked (RFC 6455 §5.1)")
-            length = b1 & 0x7F
-            start = pos + 6
-            if length == 126:
-                if end - pos < 8:
-                    self._need = 8
+            # Inlined hot path (no call per frame): a masked, unfragmented binary message with a
+            # 7- or 16-bit length, which is what device frames up to 64 KiB are.
+            if b0 == 0x82 and 0x80 <= b1 <= 0xFE and not self._frag_opcode:
+                if b1 == 0xFE:
+                    if end - pos < 8:
+                        self._need = 8
+                        break
+                    start = pos + 8
+                    length = _U16.unpack_from(view, pos + 2)[0]
+                else:
+                    start = pos + 6
+                    length = b1 - 0x80
+                if length > self._max_message:
+                    raise DecodeError("message too big", hint=CLOSE_MESSAGE_TOO_BIG)
+                stop = start + length
+                if stop > end:
+                    self._need = stop - pos
                     break
-                length = _U16.unpack_from(view, pos + 2)[0]
-                start = pos + 8
-            elif length == 127:
-                if end - pos < 14:
-                    self._need = 14
-                    break
-                length = _U64.unpack_from(view, pos + 2)[0]
-                start = pos + 14
-            self._check_header(b0, length)
-            if end - start < length:
-                self._need = start - pos + length
+                events.append(unmask(view[start:stop], bytes(view[start - 4 : start])))
+                pos = stop
+                continue
+            next_pos = self._parse_one(view, pos, events)
+            if next_pos < 0:
                 break
-            payload = self._unmask(view[start : start + length], bytes(view[start - 4 : start]))
-            self._on_frame(b0, payload, events)
-            pos = start + length
+            pos = next_pos
         else:
             self._need = 0
-        return pos
+        if pos < end and not self._closed:
+            self._pending = bytearray(view[pos:])
+        return events
+
+    def _parse_one(self, view: memoryview, pos: int, events: list[WsEvent]) -> int:
+        """Parse the frame at `pos`; return where the next one starts, or -1 when it is cut."""
+        end = view.nbytes
+        b0 = view[pos]
+        b1 = view[pos + 1]
+        if not b1 & 0x80:
+            raise _protocol_error("client frame is not masked (RFC 6455 §5.1)")
+        length = b1 & 0x7F
+        start = pos + 6
+        if length == 126:
+            if end - pos < 8:
+                self._need = 8
+                return -1
+            length = _U16.unpack_from(view, pos + 2)[0]
+            start = pos + 8
+        elif length == 127:
+            if end - pos < 14:
+                self._need = 14
+                return -1
+            length = _U64.unpack_from(view, pos + 2)[0]
+            start = pos + 14
+        self._check_header(b0, length)
+        if end - start < length:
+            self._need = start - pos + length
+            return -1
+        payload = self._unmask(view[start : start + length], bytes(view[start - 4 : start]))
+        self._on_frame(b0, payload, events)
+        return start + length
 
     def _check_header(self, b0: int, length: int) -> None:
         if b0 & 0x70:
@@ -184,8 +219,10 @@ class FrameDecoder:
     def _on_frame(self, b0: int, payload: bytes, events: list[WsEvent]) -> None:
         opcode = b0 & 0x0F
         if b0 == 0x80 | OP_BINARY and not self._frag_opcode:
-            events.append(payload)  # the hot path: one unfragmented binary message
-        elif opcode >= OP_CLOSE:
+            events.append(payload)  # one unfragmented binary message
+            return
+        self.all_binary = False  # conservative: a reassembled binary message also clears it
+        if opcode >= OP_CLOSE:
             events.append(self._control(opcode, payload))
         elif opcode == OP_CONTINUATION:
             if not self._frag_opcode:
