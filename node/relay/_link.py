@@ -10,6 +10,12 @@ A batch that carries DURABLE frames is split at the first one: what precedes it 
 once, the rest waits for one store commit of all its DURABLE frames and is then handled in order,
 so a sender's frames reach a receiver in the order they were sent.
 
+The hot path is `_route_batch`, a plain function: the best-effort data frames at the head of a
+batch of a registered session are decoded and routed without creating a coroutine, and only a
+frame that needs more (a control frame, a DURABLE one, a malformed one) goes on to the async
+`_handle_batch`. The reader runs as its own task, so each wake-up resumes only its few frames
+rather than the whole handler stack above it.
+
 Writer: the only task that writes to the socket; it takes everything queued in the outbox and
 sends it with one `send_batch` (one `sendmsg`), and it drains the offline queue when the session
 is behind. The reader never waits for a receiver: a full outbox refuses, it never blocks.
@@ -17,7 +23,6 @@ is behind. The reader never waits for a receiver: a full outbox refuses, it neve
 
 from __future__ import annotations
 
-import contextlib
 import struct
 import uuid
 from collections.abc import Awaitable, Callable
@@ -91,6 +96,7 @@ class DeviceLink:
         self.nursery: trio.Nursery | None = None  # for handlers that must wait (lock operations)
         self.hello_optional = False  # pre-authenticated (gRPC call): a HELLO before REGISTER is answered
         self._reader_scope = trio.CancelScope()
+        self._clock = trio.lowlevel.current_clock()  # the run's clock (the test's MockClock too)
 
     # ------------------------------------------------------------------ identity
     @property
@@ -127,35 +133,59 @@ class DeviceLink:
             nursery.start_soon(self._write_loop, name="relay-writer")
             for frame in first_frames:
                 self.send(frame)
-            async with trio.open_nursery() as tasks:  # handlers' own waits (lock operations)
+            async with trio.open_nursery() as tasks:  # the reader, and handlers' own waits (locks)
                 self.nursery = tasks
-                with self._reader_scope, contextlib.suppress(ConnectionClosed):
-                    await self._read_loop()
-                tasks.cancel_scope.cancel()
+                tasks.start_soon(self._read_loop, tasks.cancel_scope, name="relay-reader")
             self.outbox.close()  # the writer sends what is queued, then returns
 
-    async def _read_loop(self) -> None:
-        ws = self.transport
-        while not self.closing:
-            batch: list[bytes] = []
-            if self.phase is Phase.AWAITING_HELLO:
-                with trio.move_on_after(self.relay.settings.hello_timeout_s):
-                    batch = await ws.receive_batch()
-                if not batch:
-                    self.close(CLOSE_AUTH_FAILED, "no HELLO within the handshake timeout")
-                    return
-            else:
-                batch = await ws.receive_batch()
-            now = trio.current_time()
-            self.relay.stats.messages_in += len(batch)
-            if not self.rate.take(len(batch), now):
-                self.relay.stats.rate_limited += 1
-                self.close(CLOSE_POLICY_VIOLATION, "message rate exceeded")
-                return
-            await self._handle_batch(batch)
-            interval = self.relay.settings.heartbeat_write_interval_s
-            if self.session is not None and self.throttle.due(now, interval):
-                await self.relay.refresh(self)
+    async def _read_loop(self, tasks: trio.CancelScope) -> None:
+        """The reader task. The loop is the task's own coroutine, so a wake-up resumes no frames
+        above it; best-effort data goes through `_route_batch` without an await."""
+        ws, relay, clock = self.transport, self.relay, self._clock
+        stats, hub, throttle = relay.stats, relay.hub, self.throttle
+        replies: list[bytes] = []
+        try:
+            with self._reader_scope:
+                while self.close_code is None:
+                    if self.phase is Phase.AWAITING_HELLO:
+                        batch: list[bytes] = []
+                        with trio.move_on_after(relay.settings.hello_timeout_s):
+                            batch = await ws.receive_batch()
+                        if not batch:
+                            self.close(CLOSE_AUTH_FAILED, "no HELLO within the handshake timeout")
+                            return
+                    else:
+                        batch = await ws.receive_batch()
+                    now = clock.current_time()
+                    count = len(batch)
+                    stats.messages_in += count
+                    if not self.rate.take(count, now):
+                        stats.rate_limited += 1
+                        self.close(CLOSE_POLICY_VIOLATION, "message rate exceeded")
+                        return
+                    hub.active = True
+                    try:
+                        done = self._route_batch(batch, replies)
+                        if done < count:
+                            await self._handle_batch(batch, done, replies)
+                        if replies:
+                            self._reply(replies)
+                            replies = []
+                    finally:
+                        if hub.touched:
+                            hub.flush()
+                        else:
+                            hub.active = False
+                    if (
+                        self.session is not None
+                        and now >= throttle.next_at
+                        and throttle.due(now, relay.settings.heartbeat_write_interval_s)
+                    ):
+                        await relay.refresh(self)
+        except ConnectionClosed:
+            pass
+        finally:
+            tasks.cancel()  # the reader ended: so do the handlers' waits
 
     async def _write_loop(self) -> None:
         outbox, ws, relay = self.outbox, self.transport, self.relay
@@ -187,35 +217,59 @@ class DeviceLink:
         return True
 
     # ------------------------------------------------------------------ batches
-    async def _handle_batch(self, batch: list[bytes]) -> None:
-        """Route a batch; frames for idle receivers are written inline at the end of each
-        synchronous step (`FlushHub`), never across an await."""
-        replies: list[bytes] = []
+    def _route_batch(self, batch: list[bytes], replies: list[bytes]) -> int:
+        """Route the best-effort data frames at the head of `batch` (the hot path: no await).
+
+        Returns the index of the first frame it left alone (one that is not a well-formed
+        best-effort data frame from this session's device): `_handle_batch` takes it from there.
+        """
+        session = self.session
+        if session is None:
+            return 0
+        relay = self.relay
+        route, max_payload, device = relay.router.route, relay.max_payload, session.device_id
+        i = 0
+        for raw in batch:
+            try:
+                frame = decode_frame_untrusted(raw, max_payload=max_payload)
+            except DecodeError:
+                return i
+            if frame.type not in DATA_TYPES or frame.flags & _DURABLE or frame.source != device:
+                return i
+            code, recipients = route(session, frame)
+            if code <= 0:
+                self._nack(frame.message_id, -code, "", replies)
+            elif frame.flags & _ACK_REQUESTED:
+                replies.append(ack_frame(frame.message_id, frame.source, code, recipients))
+            i += 1
+        return i
+
+    async def _handle_batch(self, batch: list[bytes], start: int, replies: list[bytes]) -> None:
+        """Handle `batch` from `start` on: any frame (control, DURABLE, malformed, refused).
+
+        Frames for idle receivers are written inline at the end of each synchronous step
+        (`FlushHub`), never across an await.
+        """
         hub = self.relay.hub
-        hub.active = True
-        try:
-            for i, raw in enumerate(batch):
-                frame = self._decode(raw, replies)
-                if frame is None:
-                    if self.closing:
-                        break
+        for i in range(start, len(batch)):
+            frame = self._decode(batch[i], replies)
+            if frame is None:
+                if self.closing:
+                    break
+                continue
+            if frame.type in DATA_TYPES:
+                if not self._may_send(frame, replies):
                     continue
-                if frame.type in DATA_TYPES:
-                    if not self._may_send(frame, replies):
-                        continue
-                    if frame.flags & _DURABLE:
-                        await self._handle_durable(batch, i, replies)
-                        break
-                    self._answer(frame, self.relay.router.route(self.session, frame), replies)  # type: ignore[arg-type]
-                else:
-                    hub.flush()
-                    await self._control(frame, replies)
-                    hub.active = True
-                    if self.closing:
-                        break
-            self._reply(replies)
-        finally:
-            hub.flush()
+                if frame.flags & _DURABLE:
+                    await self._handle_durable(batch, i, replies)
+                    break
+                self._answer(frame, self.relay.router.route(self.session, frame), replies)  # type: ignore[arg-type]
+            else:
+                hub.flush()
+                await self._control(frame, replies)
+                hub.active = True
+                if self.closing:
+                    break
 
     async def _handle_durable(self, batch: list[bytes], start: int, replies: list[bytes]) -> None:
         """Frames from the first DURABLE one on: one commit for all DURABLE ones, then in order."""

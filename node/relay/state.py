@@ -65,17 +65,20 @@ def admit(phase: Phase, frame_type: int) -> NackReason | None:
 class MessageRate:
     """A token bucket: `rate` messages per second sustained, `burst` at once."""
 
-    __slots__ = ("_last", "_level", "burst", "rate")
+    __slots__ = ("_full", "_last", "_level", "burst", "rate")
 
     def __init__(self, rate: float, burst: int, now: float) -> None:
         self.rate = rate
         self.burst = burst
-        self._level = float(burst)
+        self._full = float(burst)
+        self._level = self._full
         self._last = now
 
     def take(self, count: int, now: float) -> bool:
         """Spend `count` tokens; False (and nothing spent) when the bucket holds fewer."""
-        level = min(float(self.burst), self._level + (now - self._last) * self.rate)
+        level = self._level + (now - self._last) * self.rate
+        if level > self._full:
+            level = self._full
         self._last = now
         if level < count:
             self._level = level
@@ -87,16 +90,16 @@ class MessageRate:
 class HeartbeatThrottle:
     """Lets one registry refresh through per `interval_s`."""
 
-    __slots__ = ("_next",)
+    __slots__ = ("next_at",)
 
     def __init__(self) -> None:
-        self._next = float("-inf")
+        self.next_at = float("-inf")  # a hot loop may compare with this before calling `due`
 
     def due(self, now: float, interval_s: float) -> bool:
         """True (and the next one `interval_s` later) when a refresh may be written now."""
-        if now < self._next:
+        if now < self.next_at:
             return False
-        self._next = now + interval_s
+        self.next_at = now + interval_s
         return True
 
 

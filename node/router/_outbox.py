@@ -12,8 +12,8 @@ everything queued since its last write in one batch, which becomes one `sendmsg`
 
 Inline flush: while a `FlushHub` is active (a reader routing one received batch, a synchronous
 step), frames for an idle writer are not handed over at once; at the end of the step the hub
-calls `flush_inline`, which gives everything queued for that session to its `sink` (a write that
-never waits) from the reader's own task. A relayed message then costs no task switch, and a batch
+gives everything queued for that session to its `sink` (a write that never waits) from the
+reader's own task. A relayed message then costs no task switch, and a batch
 still becomes one `sendmsg` per destination. When the sink cannot write now (another write is in
 progress) the writer is woken as before. Measured in docs/relay.md (section 10).
 """
@@ -39,8 +39,16 @@ class FlushHub:
         self.active = False
         if self.touched:
             touched, self.touched = self.touched, []
-            for box in touched:
-                box.flush_inline()
+            for box in touched:  # Outbox.flush_inline, inlined: this runs once per routed batch
+                box._deferred = False
+                if box._waiter is None or not box.frames:
+                    continue  # the writer is busy: it takes these when it comes back
+                sink = box.sink
+                if sink is not None and sink(box.frames):
+                    box.frames = []
+                    box.bytes = 0
+                else:
+                    box._wake()
 
 
 class Outbox:
@@ -82,12 +90,19 @@ class Outbox:
 
     def offer(self, frame: bytes) -> bool:
         """Queue a data frame if it fits under the limits; never waits."""
-        if self.closed or len(self.frames) >= self.max_messages or self.bytes + len(frame) > self.max_bytes:
+        frames = self.frames
+        size = self.bytes + len(frame)
+        if self.closed or len(frames) >= self.max_messages or size > self.max_bytes:
             return False
-        self.frames.append(frame)
-        self.bytes += len(frame)
-        if self._waiter is not None:
-            self._notify()
+        frames.append(frame)
+        self.bytes = size
+        if self._waiter is not None:  # `_notify`, inlined (the hot path of every routed frame)
+            hub = self.hub
+            if hub is None or not hub.active:
+                self._wake()
+            elif not self._deferred:
+                self._deferred = True
+                hub.touched.append(self)
         return True
 
     def put_control(self, frame: bytes) -> bool:
@@ -110,18 +125,6 @@ class Outbox:
             if not self._deferred:
                 self._deferred = True
                 hub.touched.append(self)
-        else:
-            self._wake()
-
-    def flush_inline(self) -> None:
-        """Give the queued frames to the sink now if the writer is idle, else wake the writer."""
-        self._deferred = False
-        if self._waiter is None or not self.frames:
-            return  # the writer is busy: it takes these when it comes back
-        sink = self.sink
-        if sink is not None and sink(self.frames):
-            self.frames = []
-            self.bytes = 0
         else:
             self._wake()
 

@@ -29,6 +29,10 @@ NO_RECIPIENT: Outcome = (-NackReason.NO_RECIPIENT, 0)
 OUTBOX_FULL: Outcome = (-NackReason.RESOURCE_EXHAUSTED, 0)
 QUEUE_FULL: Outcome = (-NackReason.QUEUE_FULL, 0)
 PEER_UNAVAILABLE: Outcome = (-NackReason.UNAVAILABLE, 0)
+# Plain ints for the per-frame comparisons (comparing with an IntEnum member costs more).
+_DIRECT = int(FrameType.DIRECT)
+_BROADCAST = int(FrameType.BROADCAST)
+_MULTICAST = int(FrameType.MULTICAST)
 
 
 class Directory(Protocol):
@@ -80,27 +84,25 @@ class Router:
     def route(self, sender: Session, frame: FrameView) -> Outcome:
         """Route a data frame that is not DURABLE: online destinations only."""
         ftype = frame.type
-        self.stats.routed[ftype] += 1
-        if ftype == FrameType.DIRECT:
-            return self._direct(sender, frame)
-        if ftype == FrameType.BROADCAST:
+        stats = self.stats
+        stats.routed[ftype] += 1
+        if ftype == _DIRECT:  # the hot path, inline: one dict lookup, one reach check, one offer
+            dest = self.table.sessions.get(frame.destination)
+            if dest is None:
+                return self._not_here(sender, frame)
+            reach = sender.reach
+            if reach is not None and reach.isdisjoint(dest.networks):
+                return NOT_PERMITTED
+            if dest.outbox.offer(frame.raw):
+                stats.delivered += 1
+                return DELIVERED_ONE
+            stats.drop("outbox_full")
+            return OUTBOX_FULL
+        if ftype == _BROADCAST:
             return self._fan_out(sender, frame, self._broadcast_targets(sender, frame.destination))
-        if ftype == FrameType.MULTICAST:
+        if ftype == _MULTICAST:
             return self._fan_out(sender, frame, self._multicast_targets(sender, frame.destination))
         return self._anycast(sender, frame)
-
-    def _direct(self, sender: Session, frame: FrameView) -> Outcome:
-        dest = self.table.sessions.get(frame.destination)
-        if dest is None:
-            return self._not_here(sender, frame)
-        reach = sender.reach
-        if reach is not None and reach.isdisjoint(dest.networks):
-            return NOT_PERMITTED
-        if dest.outbox.offer(frame.raw):
-            self.stats.delivered += 1
-            return DELIVERED_ONE
-        self.stats.drop("outbox_full")
-        return OUTBOX_FULL
 
     def _not_here(self, sender: Session, frame: FrameView) -> Outcome:
         link = self.peers.route_for(frame.destination)

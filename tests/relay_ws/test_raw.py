@@ -181,6 +181,24 @@ async def test_keepalive_answered_keeps_connection(autojump_clock, nursery, raw_
     conn.close_nowait()
 
 
+async def test_traffic_counts_as_life_no_ping_while_messages_arrive(
+    autojump_clock, nursery, raw_client_cls, frame
+) -> None:
+    engine = WsEngine(WsSettings(ping_interval_s=20, pong_timeout_s=10))
+    nursery.start_soon(engine.run_keepalive)
+    client, server_sock = raw_client_cls.pair()
+    conn = WsConnection(server_sock, engine, make_request())
+    with trio.fail_after(1000):
+        for i in range(20):  # one message every 15 s for 300 s: never 20 s of silence
+            await trio.sleep(15)
+            await client.send(frame(OP_BINARY, bytes([i])))
+            assert await conn.receive_batch() == [bytes([i])]
+    assert conn.statistics().pings_sent == 0
+    assert conn.closed is None
+    client.close()
+    conn.close_nowait()
+
+
 async def test_large_batch_partial_writes_and_iov_max(raw_client_cls) -> None:
     engine = WsEngine()
     client, server_sock = raw_client_cls.pair()
