@@ -122,6 +122,7 @@ class WsConnection:
         "_writing",
         "peer",
         "request",
+        "write_pending",
     )
 
     def __init__(
@@ -152,6 +153,9 @@ class WsConnection:
         self._reading = False
         self._greedy_reads = 0
         self._tail: list[bytes | memoryview] = []  # the unsent rest of frames already begun
+        # True while part of a frame is written and its rest waits for the next `send_batch`
+        # (`_tail` is not empty); an attribute rather than a property: read after every inline write.
+        self.write_pending = False
         self._last_rx = trio.current_time()  # when the keepalive sweep last saw bytes arrive
         self._rx_mark = 0  # bytes_in at that sweep
         self._ping_sent_at = -1.0
@@ -361,12 +365,8 @@ class WsConnection:
         stats[5] += 1
         if sent < size:
             self._tail = _advance(iov, sent)
+            self.write_pending = True
         return True
-
-    @property
-    def write_pending(self) -> bool:
-        """True while part of a frame is written and its rest waits for the next `send_batch`."""
-        return bool(self._tail)
 
     async def _write_frames(self, iov: list[bytes | memoryview], size: int = -1) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -385,6 +385,7 @@ class WsConnection:
             raise self._closed
         if self._tail:  # the rest of frames already begun goes first
             iov, size, self._tail = self._tail + iov, -1, []
+            self.write_pending = False
         while iov:
             chunk = iov if len(iov) <= IOV_MAX else iov[:IOV_MAX]
             try:
@@ -404,6 +405,7 @@ class WsConnection:
                     await self._wait_writable()  # the kernel took less than offered: buffer full
                 except BaseException:
                     self._tail = rest  # cancelled half way: finish this frame before any other
+                    self.write_pending = True
                     raise
             iov = rest
 
