@@ -34,11 +34,12 @@ from node.locks.sqlite_journal import SqliteLockJournal
 from node.logs import Logs, event, logger
 from node.mesh.discovery import Discovery
 from node.mesh.election import LeaderElection
-from node.mesh.service import SERVICE_NAME, Mesh
+from node.mesh.service import Mesh
 from node.mesh.settings import split_address
 from node.registry import Registry
 from node.relay import LeaseBook, RelayLocks
 from node.relay.service import RelayService
+from node.rpc._peer import server_ssl
 from node.rpc.node_backend import (
     Capabilities,
     NodeAuthenticator,
@@ -216,8 +217,6 @@ async def _run_services(
         if settings.mesh.enabled:
             drained.append(await _start_mesh(nursery, handle, settings, clock, audit, shutdown))
         drained.append(await _start_rpc(nursery, handle, settings, clock, shutdown))
-        if "mesh" in handle.extra:
-            handle.extra["mesh"].set_address(handle.addresses["rpc"])
         await _start_election(nursery, handle, settings, clock)
         if settings.mesh.enabled and settings.mesh.discovery.mdns:
             await _start_discovery(nursery, handle, settings, clock)
@@ -338,8 +337,15 @@ async def _start_mesh(
     audit: AuditLog,
     shutdown: trio.Event,
 ) -> trio.Event:
-    """Start the mesh (peer links on the gRPC router, registry sync, cross-node routing)."""
+    """Start the mesh (its listener for peer links, registry sync, cross-node routing); announce the
+    listener as `mesh`. TLS on the listener with the node's rpc certificate, when it has one."""
     relay: RelayService | None = handle.extra.get("relay")
+    rpc = settings.rpc
+    tls = (
+        server_ssl(str(rpc.tls_cert_path), str(rpc.tls_key_path))
+        if rpc.tls_cert_path and rpc.tls_key_path
+        else None
+    )
     mesh = Mesh(
         settings.mesh,
         node_id=handle.node_id,
@@ -349,15 +355,16 @@ async def _start_mesh(
         audit=audit,
         wall=clock,
         election=lambda: handle.extra.get("election"),
+        host=settings.host_for(settings.mesh.host),
+        tls=tls,
     )
     if relay is not None and mesh.routes is not None:
         relay.router.peers = mesh.routes
         relay.on_session_opened(
             lambda link: mesh.session_opened(link.device.device_id) if link.device else None
         )
-    handle.extra.setdefault("rpc_services", []).append((SERVICE_NAME, mesh.rpc_service))
     done = trio.Event()
-    await nursery.start(_until_done, done, partial(mesh.run, shutdown=shutdown))
+    handle.addresses["mesh"] = await nursery.start(_until_done, done, partial(mesh.run, shutdown=shutdown))
     handle.publish("mesh", mesh, stats=mesh.statistics, reload=lambda new: mesh.apply_settings(new.mesh))
     return done
 
@@ -389,14 +396,14 @@ async def _start_discovery(
             mesh.add_hint(address, node_id)
 
     ports: dict[str, int] = {}
-    for name in ("rpc", "relay", "api"):  # announced as host:port or as URLs (ws://host:port/v1/ws)
+    for name in ("mesh", "rpc", "relay", "api"):  # announced as host:port or as URLs (ws://host:port/v1/ws)
         address = handle.addresses.get(name, "")
         port = urlsplit(address if "://" in address else f"//{address}").port
         if port:
             ports[name] = port
     host = None
     if settings.mesh.advertise_address:
-        host, ports["rpc"] = split_address(settings.mesh.advertise_address)
+        host, ports["mesh"] = split_address(settings.mesh.advertise_address)
     discovery = Discovery(
         settings.mesh.discovery,
         node_id=handle.node_id,

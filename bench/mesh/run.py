@@ -1,8 +1,8 @@
 """Cross-node round trip (A -> B -> A) next to the same-node round trip (A -> A), in one run.
 
-    .venv/bin/python -m bench.mesh [--rounds 3] [--count 3000] [--size 64]
+    .venv/bin/python -m bench.mesh [--rounds 3] [--count 3000] [--size 64] [--reference DIR]
 
-Two `asgard serve --ephemeral` processes form a mesh (B lists A's gRPC address as its static
+Two `asgard serve --ephemeral` processes form a mesh (B lists A's mesh listener as its static
 peer; cluster secret from the environment). Both cases use the relay benchmark's device client
 (bench/relay/client.py, `websockets` on uvloop, one process per role): `pingpong` sends a 64 B
 DIRECT frame and waits for the echo, `echo` sends every frame back. Same-node: both devices on A.
@@ -11,11 +11,12 @@ Cross-node: the pinger on A, the echoer on B, so every round trip crosses the pe
 fresh device ids, and the pinger starts only once A's replicated registry names B as the echoer's
 home. Results: one JSON line per case and round in bench/results/mesh-*.jsonl (p50/p90/p99/p99.9/
 max in µs, rate, server CPU seconds of both nodes from /proc/PID/stat, the mesh's routing
-counters, and each node's CPU per round trip split by thread: the Trio thread and the others,
-chiefly the gRPC island), then a table of medians and the cross/same ratio. Target: cross-node
-p99 <= 2 ms. `--dialers trio,island` runs a second pair of nodes whose links are dialled with
-grpclib on the island (`mesh.link.dialer`) and alternates the cross-node case on both pairs: the
-effect of the Trio dialer measured side by side. Loopback only; every node and client is killed
+counters, and each node's CPU per round trip split by thread: the Trio thread and the others),
+then a table of medians and the cross/same ratio. Target: cross-node p99 <= 2 ms.
+`--reference DIR` runs a second pair of nodes from another checkout (e.g. the commit before a
+change, unpacked with `git archive`; its nodes peer over the address their JSON line names:
+`mesh`, or `rpc` before the mesh had its own listener) and alternates its cross-node case with
+this checkout's: a change measured side by side. Loopback only; every node and client is killed
 at the end.
 """
 
@@ -30,6 +31,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -57,22 +59,21 @@ WAIT_S = 30.0
 
 
 @contextmanager
-def node(peers: list[str], dialer: str = "trio") -> Iterator[tuple[Server, dict[str, Any]]]:
-    """An ephemeral node with the mesh on; yields (server, its announcement)."""
+def node(peers: list[str], root: Path = ROOT) -> Iterator[tuple[Server, dict[str, Any]]]:
+    """An ephemeral node of the checkout at `root` with the mesh on; yields (server, its announcement)."""
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(root),
         **ASGARD_ENV,
         **MESH_ENV,
         "ASGARD_MESH__PEERS": json.dumps(peers),
-        "ASGARD_MESH__LINK__DIALER": dialer,
     }
     proc = subprocess.Popen(
         [PY, "-m", "node", "serve", "--ephemeral"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        cwd=ROOT,
+        cwd=root,
         env=env,
         start_new_session=True,
     )
@@ -174,16 +175,15 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=3000)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--dialers", default="trio", help="comma-separated: trio, island")
+    parser.add_argument("--reference", type=Path, help="another checkout, run side by side")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"mesh-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-    dialers = [d.strip() for d in args.dialers.split(",") if d.strip()]
-    named = len(dialers) > 1
-    cases = ["same-node"] + [f"cross-node ({d} dialer)" if named else "cross-node" for d in dialers]
+    roots = [ROOT] + ([args.reference.resolve()] if args.reference else [])
+    cases = ["same-node", "cross-node"] + (["cross-node (reference)"] if args.reference else [])
     rows: dict[str, list[dict[str, Any]]] = {case: [] for case in cases}
     with ExitStack() as stack:
-        pairs = [_pair(stack, dialer) for dialer in dialers]
+        pairs = [_pair(stack, root) for root in roots]
         for n in range(args.rounds):
             for case in cases:
                 a, b = pairs[max(0, cases.index(case) - 1)]
@@ -201,10 +201,10 @@ def main() -> None:
     table(rows, out)
 
 
-def _pair(stack: ExitStack, dialer: str) -> tuple[Server, Server]:
-    """Two linked nodes; B dials A (with `dialer`) and knows A's network."""
-    a, a_line = stack.enter_context(node([], dialer))
-    b, _ = stack.enter_context(node([a_line["rpc"]], dialer))
+def _pair(stack: ExitStack, root: Path) -> tuple[Server, Server]:
+    """Two linked nodes of the checkout at `root`; B dials A and knows A's network."""
+    a, a_line = stack.enter_context(node([], root))
+    b, _ = stack.enter_context(node([a_line.get("mesh") or a_line["rpc"]], root))
     wait_for(lambda: len(homes(a)) >= 2, "the link between the nodes")
     network = b.network = a.network
     wait_for(lambda: api(b).get(f"/api/v1/networks/{network}").status_code == 200, "the network on B")

@@ -1,9 +1,10 @@
-"""Non-blocking socket I/O for the links this node dials on Trio (`_dial`): writes go to the
+"""Non-blocking socket I/O for the peer links (`_h2end`, dialled and accepted): writes go to the
 kernel at once without waiting, a rest the kernel did not take is kept and drained by a waiting
 task; TLS runs through `ssl.SSLObject` on memory BIOs, so it needs no writes of its own."""
 
 from __future__ import annotations
 
+import contextlib
 import socket as stdlib_socket
 import ssl
 
@@ -20,6 +21,7 @@ class PlainWire:
     def __init__(self, sock: stdlib_socket.socket | None) -> None:
         self._sock = sock
         self._tail: list[bytes] = []
+        self.pending_bytes = 0
 
     @property
     def pending(self) -> bool:
@@ -33,10 +35,12 @@ class PlainWire:
     def _raw_write(self, data: bytes) -> bool:
         if self._tail:
             self._tail.append(data)
+            self.pending_bytes += len(data)
             return True
         sent = self._send(data)
         if sent < len(data):
             self._tail.append(data[sent:])
+            self.pending_bytes = len(data) - sent
             return True
         return False
 
@@ -55,6 +59,7 @@ class PlainWire:
             data = b"".join(self._tail)
             self._tail.clear()
             sent = self._send(data)
+            self.pending_bytes = len(data) - sent
             if sent < len(data):
                 self._tail.append(data[sent:])
 
@@ -70,6 +75,15 @@ class PlainWire:
                 return self._sock.recv(RECEIVE_BYTES)
             except BlockingIOError:
                 continue
+
+    async def linger(self) -> None:
+        """Half-close, then read and drop until the peer closes too (the caller bounds it in time):
+        closing with unread bytes would reset the connection and could lose what we wrote last."""
+        assert self._sock is not None
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(stdlib_socket.SHUT_WR)
+            while await self._raw_receive():
+                pass
 
     def close(self) -> None:
         """Close the socket (no task may be waiting on it any more)."""
@@ -125,6 +139,15 @@ class TlsWire(PlainWire):
             return b"".join(chunks)
         return b"" if self._eof else None
 
+    async def linger(self) -> None:
+        """Say close_notify (RFC 8446 §6.1) before the half-close, so a TLS peer ends at once."""
+        with contextlib.suppress(ssl.SSLError):
+            self._tls.unwrap()  # writes close_notify; the peer's answer is not awaited here
+        if self._outgoing.pending:
+            self._raw_write(self._outgoing.read())
+            await self.drain()
+        await super().linger()
+
     async def handshake(self) -> None:
         """Run the TLS handshake (the caller bounds it in time)."""
         while True:
@@ -148,17 +171,16 @@ class TlsWire(PlainWire):
 Wire = PlainWire
 
 
-async def connect_wire(
-    host: str, port: int, tls: ssl.SSLContext | None, server_name: str | None
-) -> PlainWire:
-    """A connected wire to `host:port` (TCP_NODELAY: Trio's default), with TLS when `tls` is set."""
-    stream = await trio.open_tcp_stream(host, port)
+def _plain(stream: trio.SocketStream) -> stdlib_socket.socket:
     sock = stdlib_socket.socket(fileno=stream.socket.detach())
     sock.setblocking(False)
-    if tls is None:
-        return PlainWire(sock)
+    return sock
+
+
+async def _tls_wire(sock: stdlib_socket.socket, tls: ssl.SSLContext, server_name: str | None) -> TlsWire:
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = tls.wrap_bio(incoming, outgoing, server_side=False, server_hostname=server_name or host)
+    server_side = server_name is None
+    obj = tls.wrap_bio(incoming, outgoing, server_side=server_side, server_hostname=server_name)
     wire = TlsWire(sock, obj, incoming, outgoing)
     try:
         await wire.handshake()
@@ -166,3 +188,22 @@ async def connect_wire(
         wire.close()
         raise
     return wire
+
+
+async def accept_wire(stream: trio.SocketStream, tls: ssl.SSLContext | None) -> PlainWire:
+    """An accepted connection as a wire, after the TLS handshake when `tls` is set (the caller
+    bounds it in time)."""
+    sock = _plain(stream)
+    if tls is None:
+        return PlainWire(sock)
+    return await _tls_wire(sock, tls, None)
+
+
+async def connect_wire(
+    host: str, port: int, tls: ssl.SSLContext | None, server_name: str | None
+) -> PlainWire:
+    """A connected wire to `host:port` (TCP_NODELAY: Trio's default), with TLS when `tls` is set."""
+    sock = _plain(await trio.open_tcp_stream(host, port))
+    if tls is None:
+        return PlainWire(sock)
+    return await _tls_wire(sock, tls, server_name or host)

@@ -7,8 +7,9 @@ and blocking calls (register, resolve, unregister, close) run in `trio.to_thread
 own deadlines. Only on `mesh.discovery.interfaces` (never every interface; mDNS is off unless
 `mesh.discovery.mdns`).
 
-The TXT record carries node_id, version, cluster_id and the rpc, relay and api ports. A resolved
-service of our cluster that is not ourselves becomes a *hint* `on_hint("host:rpc_port", node_id)`:
+The TXT record carries node_id, version, cluster_id and the mesh, rpc, relay and api ports; the
+service's SRV port is the mesh listener's. A resolved service of our cluster that is not ourselves
+becomes a *hint* `on_hint("host:mesh_port", node_id)`:
 the mesh dials it and trusts it only once it proves the cluster secret. Anyone on the LAN can
 announce anything, so TXT values are bounded and parsed defensively, and nothing here is trusted.
 """
@@ -35,13 +36,13 @@ SERVICE_TYPE = "_asgard._tcp.local."
 EVENT_QUEUE = 256
 MAX_PEERS = 256  # anyone on the LAN can announce: the table of discovered nodes is bounded
 MAX_TXT_VALUE = 128
-PORT_KEYS = ("rpc", "relay", "api")
+PORT_KEYS = ("mesh", "rpc", "relay", "api")
 Hint = Callable[[str, "str | None"], None]
 
 
 @dataclass(frozen=True, slots=True)
 class Announcement:
-    """What another node announced (already checked: our cluster, not us, a usable rpc address)."""
+    """What another node announced (already checked: our cluster, not us, a usable mesh address)."""
 
     node_id: str
     version: str
@@ -82,10 +83,10 @@ def read_announcement(
         return "other-cluster"
     ports = {key: port for key in PORT_KEYS if (port := _port(_text(props, key))) is not None}
     usable = [a for a in addresses if _usable(a)]
-    if "rpc" not in ports or not usable:
+    if "mesh" not in ports or not usable:
         return "malformed"
     host = usable[0]
-    address = f"[{host}]:{ports['rpc']}" if ":" in host else f"{host}:{ports['rpc']}"
+    address = f"[{host}]:{ports['mesh']}" if ":" in host else f"{host}:{ports['mesh']}"
     return Announcement(node_id, _text(props, "version") or "", address, ports)
 
 
@@ -119,7 +120,7 @@ class Discovery:
         self._on_hint = on_hint
         self._address = address or settings.interfaces[0]
         self._props = txt_properties(node_id, version, cluster_id, ports)
-        self._rpc_port = ports.get("rpc", 0)
+        self._mesh_port = ports.get("mesh", 0)
         self.peers: dict[str, tuple[Announcement, float]] = {}
         self._names: dict[str, str] = {}  # service name -> node id
         self._counts = {"hints": 0, "ignored": 0, "resolve_failures": 0, "dropped_events": 0}
@@ -241,7 +242,7 @@ class Discovery:
         return ServiceInfo(
             SERVICE_TYPE,
             f"{self.node_id}.{SERVICE_TYPE}",
-            port=self._rpc_port,
+            port=self._mesh_port,
             properties=self._props,
             server=f"asgard-{self.node_id[:8]}.local.",
             addresses=[socket.inet_pton(_family(self._address), self._address)],

@@ -1,8 +1,9 @@
 """The mesh service: peer links (dialled and accepted), registry sync and cross-node routing.
 
-`Mesh.run` runs one dial loop per known peer address (static `mesh.peers` and discovery hints
-from `add_hint`), the sync task and the routing task; inbound links arrive through the peer
-service the node's gRPC router serves (`rpc_service`). Every link is authenticated by the
+`Mesh.run` serves the mesh listener (`_accept`: its own TCP port, `[mesh] host` and `port`), runs
+one dial loop per known peer address (static `mesh.peers` and discovery hints from `add_hint`,
+both naming peers' mesh listeners), the sync task and the routing task; both ends of every link
+run on the Trio thread (`_dial`, `_accept`, `_h2end`). Every link is authenticated by the
 cluster-secret challenge-response before anything else crosses it; a refusal is logged as a
 security event and written to the audit log. Between two nodes one link is kept (the one the
 node with the smaller id dialled), a dial loop whose peer is already linked waits for that link
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import random
+import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -25,13 +27,14 @@ from node.clock import WallClock
 from node.errors import Unavailable
 from node.logs import event, logger
 from node.mesh import _auth as auth
+from node.mesh._accept import ListenerLimits, MeshListener
 from node.mesh._dial import open_link
 from node.mesh._links import SELF_LINK, Identity, Link, PeerInfo, Refused, accept_handshake, dial_handshake
 from node.mesh._linkstate import Backoff, LinkHealth, keep_link_dialled_by
 from node.mesh._routing import MeshRoutes
 from node.mesh._sync import Sync
 from node.mesh.settings import MeshSettings, split_address
-from node.rpc._peer import PeerService, PeerStream, client_ssl, open_peer_stream
+from node.rpc._peer import PeerStream, client_ssl
 from node.rpc._peer_model import (
     Digest,
     Fanout,
@@ -49,13 +52,10 @@ from node.rpc._peer_model import (
 
 if TYPE_CHECKING:
     from node.relay.service import RelayService
-    from node.rpc._island import Island
     from node.storage import Storage
     from node.tokens import AuditLog
 
 log = logger("mesh")
-
-SERVICE_NAME = "asgard.v1.Mesh"
 
 
 class _SelfAddress(Exception):
@@ -89,7 +89,11 @@ class Mesh:
         wall: WallClock,
         election: Callable[[], Any] = lambda: None,
         rng: random.Random | None = None,
+        host: str = "127.0.0.1",
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """`host`: the listener's address (`[mesh] host` or server.host); `tls`: the listener's TLS
+        context (`node.rpc._peer.server_ssl` with the node's rpc certificate), None for plain TCP."""
         assert settings.cluster_secret is not None
         self.settings = settings
         self.node_id = node_id
@@ -101,7 +105,11 @@ class Mesh:
         self._audit = audit
         self._election = election
         self._rng = rng or random.SystemRandom()
-        self._island: Island | None = None
+        self._host = host
+        ls = settings.link
+        limits = ListenerLimits(ls.send_window, ls.queue_max_messages, ls.max_message_bytes,
+                                settings.max_connections, ls.handshake_timeout_s)  # fmt: skip
+        self.listener = MeshListener(self._accept, limits, tls)
         self._ready = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._dialers: dict[str, trio.CancelScope] = {}
@@ -115,19 +123,13 @@ class Mesh:
         self.sync.on_change = lambda rows: self.routes.wake_handoff() if self.routes else None
 
     # ------------------------------------------------------------------ wiring
-    def rpc_service(self, island: Island) -> PeerService:
-        """The `asgard.v1.Mesh` service for the node's gRPC router (its factory)."""
-        self._island = island
-        window, queue_max = self.settings.link.send_window, self.settings.link.queue_max_messages
-        return PeerService(island, self._accept, window=window, queue_max=queue_max)
-
     def session_opened(self, device_id: str) -> None:
         """A device registered a session here: this node becomes its home."""
         self.sync.claim(device_id)
 
     def add_hint(self, address: str, node_id: str | None) -> None:
-        """A discovered node (`host:port` of its gRPC listener): dial it, trust it only once it proves
-        the cluster secret."""
+        """A discovered node (`host:port` of its mesh listener): dial it, trust it only once it
+        proves the cluster secret."""
         try:
             split_address(address)
         except ValueError:
@@ -143,29 +145,30 @@ class Mesh:
         self,
         *,
         shutdown: trio.Event | None = None,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Dial, sync and route until cancelled or `shutdown` is set (then every link says goodbye).
-
-        Start it before the gRPC router serves; dialling begins once `set_address` is called.
-        """
+        """Listen, dial, sync and route until cancelled or `shutdown` is set (then the listener
+        closes and every link says goodbye). Reports the listener's bound `host:port`."""
         self.sync.load()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            bound = await nursery.start(self.listener.serve, self._host, self.settings.port)
+            self.address = self.settings.advertise_address or bound
+            self._ready.set()
             nursery.start_soon(self.sync.run, name="mesh-sync")
             if self.routes is not None:
                 nursery.start_soon(
                     self.routes.run, lambda: self.settings.sync.handoff_batch, name="mesh-routes"
                 )
             nursery.start_soon(self._housekeeping, name="mesh-housekeeping")
-            task_status.started()
-            await self._ready.wait()
+            task_status.started(bound)
             for address in (*self.settings.peers, *self._hints):
                 self._start_dialer(address)
             if shutdown is None:
                 await trio.sleep_forever()
             else:
                 await shutdown.wait()
+            self.listener.stop_accepting()
             for scope in self._dialers.values():
                 scope.cancel()
             self.close_links("node shutting down")
@@ -173,13 +176,6 @@ class Mesh:
                 for link in list(self.links.values()):
                     await link.stream.closed.wait()
             nursery.cancel_scope.cancel()
-
-    def set_address(self, address: str) -> None:
-        """The bound gRPC address (told to peers unless `advertise_address` is set); starts dialling."""
-        if not self.settings.advertise_address:
-            self.address = address
-        if self._island is not None:
-            self._ready.set()
 
     async def _housekeeping(self) -> None:
         """While this node leads, send the fenced tombstone order every `housekeeping_interval_s`."""
@@ -226,14 +222,13 @@ class Mesh:
 
     async def _dial_once(self, address: str) -> bool:
         """One attempt; True when a link was established and taken (and has ended since)."""
-        assert self._island is not None
         host, port = split_address(address)
         ls = self.settings.link
         tls = client_ssl(str(ls.tls_ca_path) if ls.tls_ca_path else None) if ls.tls else None
-        dial = open_link if ls.dialer == "trio" else partial(open_peer_stream, self._island)
         opened = partial(
-            dial, host, port, window=ls.send_window, queue_max=ls.queue_max_messages,
+            open_link, host, port, window=ls.send_window, queue_max=ls.queue_max_messages,
             connect_timeout_s=ls.handshake_timeout_s, tls=tls, tls_server_name=ls.tls_server_name,
+            max_message_bytes=ls.max_message_bytes,
         )  # fmt: skip
         try:
             async with opened() as stream:
@@ -473,6 +468,8 @@ class Mesh:
         return {
             "node_id": self.node_id,
             "cluster_id": self.settings.cluster_id,
+            "address": self.address,
+            "listener": asdict(self.listener.stats),
             "links_open": len(self.links),
             "members": self.members(),
             "links": self.link_views(),

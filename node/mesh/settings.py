@@ -4,8 +4,8 @@
 Fields marked live (`json_schema_extra=LIVE`) are applied by `Mesh.apply_settings` while the node
 runs: the static peer list, the allowed node ids, the hop limit, every `[mesh.link]` timer and
 backoff, and every `[mesh.sync]` interval and the tombstone lifetime. Everything else (whether the
-mesh runs, the cluster id and secret, the advertised address, discovery, TLS and etcd) takes
-effect at the next start.
+mesh runs, the listener's address and limits, the cluster id and secret, the advertised address,
+discovery, TLS and etcd) takes effect at the next start.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Literal, Self
+from typing import Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -24,12 +24,19 @@ MIN_SECRET_CHARS = 16
 
 
 def split_address(address: str) -> tuple[str, int]:
-    """`host:port` (or `[v6]:port`) as (host, port); ValueError when it is not one."""
+    """`host:port` (or `[v6]:port`, port 1-65535) as (host, port); ValueError when it is not one."""
     host, sep, port = address.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected host:port, got {address!r}")
+        raise ValueError(f"expected host:port with a port 1-65535, got {address!r}")
     return host, int(port)
+
+
+def _unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
 
 
 class DiscoverySettings(Section):
@@ -59,10 +66,14 @@ class DiscoverySettings(Section):
 
 
 class LinkSettings(Section):
-    """Peer links: handshake, keepalive, reconnect backoff, queue bounds, TLS for dialing."""
+    """Peer links: handshake, keepalive, reconnect backoff, queue and message bounds, TLS for dialing."""
 
     handshake_timeout_s: float = Field(
-        5.0, gt=0, le=120, description="Deadline of the challenge-response after a link opens."
+        5.0,
+        gt=0,
+        le=120,
+        description="Deadline of a dial (TCP, TLS), of an accepted connection's TLS handshake, "
+        "HTTP/2 preface and request, and of the challenge-response after a link opens.",
     )
     ping_interval_s: float = Field(
         1.0, gt=0, le=600, description="A link is pinged this often (RTT, health).", json_schema_extra=LIVE
@@ -85,7 +96,11 @@ class LinkSettings(Section):
         json_schema_extra=LIVE,
     )
     send_window: int = Field(
-        256, ge=2, le=65_536, description="Messages in flight to the gRPC thread per link."
+        256,
+        ge=2,
+        le=65_536,
+        description="Messages per link and direction handed over and not yet taken: queued for the "
+        "connection and not yet encoded, or received and not yet consumed by the node.",
     )
     queue_max_messages: int = Field(
         8192,
@@ -94,14 +109,16 @@ class LinkSettings(Section):
         description="Messages waiting behind the window per link; past it frames for that peer are "
         "refused (NACK unavailable) instead of queued without bound.",
     )
-    dialer: Literal["trio", "island"] = Field(
-        "trio",
-        description="Where a link this node dials runs: 'trio' speaks the gRPC stream on the node's "
-        "own thread (HTTP/2 with h2 on a Trio socket: no hand-over to the gRPC thread per message), "
-        "'island' dials with grpclib on the gRPC thread. Same bytes on the wire; accepted links "
-        "always run on the gRPC thread.",
+    max_message_bytes: int = Field(
+        4 << 20,
+        ge=1024,
+        le=64 << 20,
+        description="Largest link message accepted from a peer (either direction); a larger one ends "
+        "the link.",
     )
-    tls: bool = Field(False, description="Dial peers with TLS (their rpc listener must have TLS).")
+    tls: bool = Field(
+        False, description="Dial peers with TLS (their mesh listener must have TLS: [rpc] certificate)."
+    )
     tls_ca_path: Path | None = Field(
         None, description="PEM CA certificates trusted for peers; default: the system store."
     )
@@ -190,7 +207,18 @@ class MeshSettings(Section):
     timers and backoff, the sync intervals and tombstone lifetime. The rest needs a restart.
     """
 
-    enabled: bool = Field(False, description="Run the mesh (needs cluster_secret and the rpc listener).")
+    enabled: bool = Field(False, description="Run the mesh (needs cluster_secret).")
+    host: str | None = Field(None, description="Listen address of the mesh listener; default: server.host.")
+    port: int = Field(
+        7703, ge=0, le=65535, description="TCP port of the mesh listener (peer links; 0 = any free port)."
+    )
+    max_connections: int = Field(
+        64,
+        ge=1,
+        le=10_000,
+        description="Connections the mesh listener holds at once (links and handshakes); more are "
+        "closed at once.",
+    )
     cluster_id: str = Field(
         "asgard", description="Name of the cluster; nodes of another cluster are refused."
     )
@@ -206,13 +234,15 @@ class MeshSettings(Section):
     )
     peers: tuple[str, ...] = Field(
         (),
-        description="Static peers to dial: host:port of their gRPC (rpc) listener. Works without multicast.",
+        description="Static peers to dial: host:port of their mesh listener ([mesh] port, 7703 by "
+        "default). Works without multicast.",
         json_schema_extra=LIVE,
     )
     advertise_address: str | None = Field(
         None,
-        description="host:port other nodes use to reach this node's gRPC listener; default: the "
-        "bound rpc address (or the first discovery interface with the rpc port).",
+        description="host:port other nodes use to reach this node's mesh listener (told in the "
+        "handshake and over mDNS); default: the bound mesh address (over mDNS: the first discovery "
+        "interface with the mesh port).",
     )
     hop_limit: int = Field(
         4, ge=1, le=32, description="Most node-to-node hops a frame may take.", json_schema_extra=LIVE
@@ -233,14 +263,33 @@ class MeshSettings(Section):
     @classmethod
     def _peers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for address in value:
-            split_address(address)
+            try:
+                split_address(address)
+            except ValueError as exc:
+                raise ValueError(f"mesh.peers: {exc} (the peer's mesh listener)") from None
         return value
 
     @field_validator("advertise_address")
     @classmethod
     def _advertise(cls, value: str | None) -> str | None:
-        if value is not None:
-            split_address(value)
+        if value is None:
+            return value
+        try:
+            host, _ = split_address(value)
+        except ValueError as exc:
+            raise ValueError(f"mesh.advertise_address: {exc}") from None
+        if _unspecified(host):
+            raise ValueError(
+                f"mesh.advertise_address: {host} is not an address peers can dial; name this node's "
+                "own address"
+            )
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(c.isspace() or c in "[]/" for c in value)):
+            raise ValueError(f"mesh.host: expected an IP address or host name, got {value!r}")
         return value
 
     @model_validator(mode="after")

@@ -112,10 +112,7 @@ class RpcServer:
         self.address: tuple[str, int] | None = None
 
     def add_service(self, name: str, factory: Callable[[Island], _Service]) -> None:
-        """Serve one more service (built on the island by `factory`); call before `serve`.
-
-        The mesh registers its peer-link service (`asgard.v1.Mesh`) this way.
-        """
+        """Serve one more service (built on the island by `factory`); call before `serve`."""
         self._extra.append((name, factory))
 
     async def serve(

@@ -35,14 +35,14 @@ async def watch_peers(discovery: Discovery) -> None:
         await trio.sleep(0.05)
 
 
-async def main(node_id: str, cluster_id: str, rpc_port: int) -> None:
+async def main(node_id: str, cluster_id: str, mesh_port: int) -> None:
     settings = DiscoverySettings(mdns=True, interfaces=("127.0.0.1",), resolve_timeout_s=3.0)
     discovery = Discovery(
         settings,
         node_id=node_id,
         cluster_id=cluster_id,
         version="test",
-        ports={"rpc": rpc_port, "relay": rpc_port + 1, "api": rpc_port + 2},
+        ports={"mesh": mesh_port, "rpc": mesh_port + 1, "relay": mesh_port + 2, "api": mesh_port + 3},
         on_hint=lambda address, peer: say({"event": "hint", "address": address, "node_id": peer}),
         clock=WallClock(),
     )

@@ -2,8 +2,9 @@
 
 A node's `[mesh]` section lives in its config file (so a test can rewrite it and the node applies
 it live); everything else comes from the environment (`tests.e2e.nodeproc.node_env`: every
-listener on 127.0.0.1 port 0). Nodes find each other through the addresses in their JSON line:
-a later node lists the earlier ones' gRPC addresses as static peers, and links work both ways.
+listener on 127.0.0.1 port 0, the mesh listener too). Nodes find each other through the addresses
+in their JSON line: a later node lists the earlier ones' mesh addresses as static peers, and links
+work both ways.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ class MeshNode:
         return str(self.announcement["node_id"])
 
     @property
-    def rpc(self) -> str:
-        return str(self.announcement["rpc"])
+    def mesh(self) -> str:
+        """host:port of the node's mesh listener (what peers dial)."""
+        return str(self.announcement["mesh"])
 
     @property
     def relay(self) -> str:

@@ -1,5 +1,5 @@
-"""Links dialled on Trio (`node.mesh._dial`) against the real acceptor: grpclib's rpc listener with
-the mesh's peer service on the island, over loopback, plain and TLS."""
+"""Links dialled on Trio (`node.mesh._dial`) against the mesh listener (`node.mesh._accept`), over
+loopback, plain and TLS: both ends of the node's own HTTP/2 code."""
 
 from __future__ import annotations
 
@@ -13,15 +13,16 @@ import trio
 import trustme
 
 from node.errors import Unavailable
+from node.mesh._accept import ListenerLimits, MeshListener
 from node.mesh._dial import open_link
-from node.rpc._peer import PeerService, PeerStream, client_ssl
+from node.rpc._peer import PeerStream, client_ssl, server_ssl
 from node.rpc._peer_model import Frames, Goodbye, Handoff, PeerMessage, Ping
-from node.rpc.service import RpcServer
-from node.rpc.settings import RpcSettings
-from node.rpc.testing import MemoryBackend, StaticAuthenticator
 
 Accept = Callable[[PeerStream], Awaitable[None]]
 LIMIT_S = 10
+LIMITS = ListenerLimits(
+    window=8, queue_max=1000, max_message_bytes=4 << 20, max_connections=8, handshake_timeout_s=2.0
+)
 
 
 class Acceptor:
@@ -51,14 +52,18 @@ class Acceptor:
             peer.send_nowait(message)  # False once the dialler has half-closed: the link is over
 
 
-async def _serve(nursery: trio.Nursery, acceptor: Acceptor | None, **tls: Path) -> int:
-    server = RpcServer(RpcSettings(host="127.0.0.1", port=0, **tls), MemoryBackend(), StaticAuthenticator({}))
-    if acceptor is not None:
-        server.add_service(
-            "asgard.v1.Mesh", lambda island: PeerService(island, acceptor.accept, window=8, queue_max=1000)
-        )
-    _, port = await nursery.start(server.serve)
-    return int(port)
+async def serve(
+    nursery: trio.Nursery, acceptor: Acceptor, tls: ssl.SSLContext | None = None,
+    limits: ListenerLimits = LIMITS,
+) -> tuple[MeshListener, int]:  # fmt: skip
+    """A mesh listener on 127.0.0.1, port 0, handing links to `acceptor`."""
+    listener = MeshListener(acceptor.accept, limits, tls)
+    address = await nursery.start(listener.serve, "127.0.0.1", 0)
+    return listener, int(address.rpartition(":")[2])
+
+
+async def _serve(nursery: trio.Nursery, acceptor: Acceptor, tls: ssl.SSLContext | None = None) -> int:
+    return (await serve(nursery, acceptor, tls))[1]
 
 
 @pytest.fixture
@@ -154,15 +159,6 @@ async def test_the_acceptor_ending_ends_the_link(acceptor: tuple[Acceptor, int])
                 await peer.receive()
 
 
-async def test_a_listener_without_the_mesh_service_is_unavailable(nursery: trio.Nursery) -> None:
-    port = await _serve(nursery, None)
-    with trio.fail_after(LIMIT_S):
-        async with _dial(port) as peer:
-            peer.send_nowait(Ping(1))
-            with pytest.raises(Unavailable, match="grpc-status 12"):
-                await peer.receive()
-
-
 async def test_nobody_listening_is_unavailable() -> None:
     with trio.socket.socket() as sock:
         await sock.bind(("127.0.0.1", 0))
@@ -182,7 +178,7 @@ async def test_tls_with_the_cluster_ca_and_not_without(nursery: trio.Nursery, tm
         blob.write_to_path(str(cert_path), append=True)
     ca.cert_pem.write_to_path(str(ca_path))
     node = Acceptor()
-    port = await _serve(nursery, node, tls_cert_path=cert_path, tls_key_path=key_path)
+    port = await _serve(nursery, node, server_ssl(str(cert_path), str(key_path)))
     with trio.fail_after(LIMIT_S):
         async with _dial(port, tls=client_ssl(str(ca_path)), tls_server_name="localhost") as peer:
             big = Handoff(2, "d", (b"z" * 200_000,))

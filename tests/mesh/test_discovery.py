@@ -30,11 +30,13 @@ def _props(**values: str) -> dict[bytes, bytes | None]:
 
 
 def test_txt_record_carries_identity_and_ports() -> None:
-    props = txt_properties("n1", "1.2.3", "home", {"rpc": 7702, "relay": 7701, "api": 7700, "x": 1})
+    ports = {"mesh": 7703, "rpc": 7702, "relay": 7701, "api": 7700, "x": 1}
+    props = txt_properties("n1", "1.2.3", "home", ports)
     assert props == {
         "node_id": "n1",
         "version": "1.2.3",
         "cluster_id": "home",
+        "mesh": "7703",
         "rpc": "7702",
         "relay": "7701",
         "api": "7700",
@@ -42,28 +44,29 @@ def test_txt_record_carries_identity_and_ports() -> None:
 
 
 def test_announcement_of_a_peer_becomes_a_hint_address() -> None:
-    props = _props(node_id="n2", version="9", cluster_id="home", rpc="7702", api="80")
+    props = _props(node_id="n2", version="9", cluster_id="home", mesh="7703", rpc="7702", api="80")
     found = read_announcement(props, ["127.0.0.5"], own_id="n1", cluster_id="home")
     assert not isinstance(found, str)
-    assert (found.node_id, found.address, found.version) == ("n2", "127.0.0.5:7702", "9")
-    assert found.ports == {"rpc": 7702, "api": 80}
+    assert (found.node_id, found.address, found.version) == ("n2", "127.0.0.5:7703", "9")
+    assert found.ports == {"mesh": 7703, "rpc": 7702, "api": 80}
     v6 = read_announcement(props, ["fe80::1"], own_id="n1", cluster_id="home")
     assert not isinstance(v6, str)
-    assert v6.address == "[fe80::1]:7702"
+    assert v6.address == "[fe80::1]:7703"
 
 
 @pytest.mark.parametrize(
     ("props", "addresses", "reason"),
     [
-        (_props(node_id="n1", cluster_id="home", rpc="1"), ["127.0.0.1"], "self"),
-        (_props(node_id="n2", cluster_id="away", rpc="1"), ["127.0.0.1"], "other-cluster"),
-        (_props(node_id="n2", rpc="1"), ["127.0.0.1"], "other-cluster"),
-        (_props(cluster_id="home", rpc="1"), ["127.0.0.1"], "malformed"),
-        (_props(node_id="n2", cluster_id="home", rpc="0"), ["127.0.0.1"], "malformed"),
-        (_props(node_id="n2", cluster_id="home", rpc="65536"), ["127.0.0.1"], "malformed"),
-        (_props(node_id="n2", cluster_id="home", rpc="x1"), ["127.0.0.1"], "malformed"),
-        (_props(node_id="n2", cluster_id="home", rpc="7"), ["224.0.0.251", "0.0.0.0"], "malformed"),
-        (_props(node_id="n2", cluster_id="home" * 40, rpc="7"), ["127.0.0.1"], "other-cluster"),
+        (_props(node_id="n1", cluster_id="home", mesh="1"), ["127.0.0.1"], "self"),
+        (_props(node_id="n2", cluster_id="away", mesh="1"), ["127.0.0.1"], "other-cluster"),
+        (_props(node_id="n2", mesh="1"), ["127.0.0.1"], "other-cluster"),
+        (_props(cluster_id="home", mesh="1"), ["127.0.0.1"], "malformed"),
+        (_props(node_id="n2", cluster_id="home", mesh="0"), ["127.0.0.1"], "malformed"),
+        (_props(node_id="n2", cluster_id="home", mesh="65536"), ["127.0.0.1"], "malformed"),
+        (_props(node_id="n2", cluster_id="home", mesh="x1"), ["127.0.0.1"], "malformed"),
+        (_props(node_id="n2", cluster_id="home", mesh="7"), ["224.0.0.251", "0.0.0.0"], "malformed"),
+        (_props(node_id="n2", cluster_id="home", rpc="7702"), ["127.0.0.1"], "malformed"),  # no mesh port
+        (_props(node_id="n2", cluster_id="home" * 40, mesh="7"), ["127.0.0.1"], "other-cluster"),
     ],
 )
 def test_announcements_that_are_not_hints(
@@ -113,10 +116,10 @@ class Announcer:
 async def announcers(netns: str) -> AsyncIterator[Callable[..., Any]]:  # noqa: F811
     started: list[trio.Process] = []
 
-    async def start(node_id: str, cluster_id: str, rpc_port: int) -> Announcer:
+    async def start(node_id: str, cluster_id: str, mesh_port: int) -> Announcer:
         command = ["ip", "netns", "exec", netns, sys.executable, "-m", "tests.mesh._mdns_peer"]
         process = await trio.lowlevel.open_process(
-            [*command, node_id, cluster_id, str(rpc_port)],
+            [*command, node_id, cluster_id, str(mesh_port)],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -170,8 +173,8 @@ async def test_announcers_in_a_namespace_see_each_other(announcers: Callable[...
 
 
 class FakeInfo:
-    def __init__(self, node_id: str, address: str, rpc: int) -> None:
-        self.properties = _props(node_id=node_id, cluster_id="home", rpc=str(rpc), version="1")
+    def __init__(self, node_id: str, address: str, mesh: int) -> None:
+        self.properties = _props(node_id=node_id, cluster_id="home", mesh=str(mesh), version="1")
         self._address = address
 
     def parsed_addresses(self) -> list[str]:
@@ -198,7 +201,7 @@ def discovery_with_hints() -> tuple[Discovery, list[tuple[str, str | None]]]:
         node_id="me",
         cluster_id="home",
         version="1",
-        ports={"rpc": 1},
+        ports={"mesh": 1},
         on_hint=lambda address, node_id: hints.append((address, node_id)),
         clock=WallClock(),
     )

@@ -140,7 +140,7 @@ async def test_nodes_find_each_other_over_mdns_and_link(
     discovery = (await a.get("/api/v1/admin/stats"))["services"]["discovery"]
     assert discovery["announced"] is True
     [peer] = discovery["peers"]  # node b only: never itself, never node c of another cluster
-    assert (peer["node_id"], peer["address"]) == (b.node_id, b.announcement["rpc"])
+    assert (peer["node_id"], peer["address"]) == (b.node_id, b.announcement["mesh"])
     api_port = int(b.announcement["api"].rsplit(":", 1)[1])
     assert peer["ports"]["api"] == api_port
     assert c.node_id not in await linked_peers(a)

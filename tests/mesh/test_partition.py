@@ -31,7 +31,7 @@ async def test_registry_converges_after_a_link_is_cut_and_restored(start_node: S
         doomed, _ = await a.register(network, "doomed")
         await until(lambda: same_registry(nodes), "the first device everywhere")
 
-        b.write_mesh([a.rpc], allowed=["no-such-node"])
+        b.write_mesh([a.mesh], allowed=["no-such-node"])
         await until(lambda: linked([a, c], 1), "A and C linked only to each other")
         await until(lambda: linked([b], 0), "B alone")
 
@@ -45,7 +45,7 @@ async def test_registry_converges_after_a_link_is_cut_and_restored(start_node: S
         await until(lambda: same_registry([a, c]), "A and C agree while B is cut off")
         assert not await same_registry(nodes)
 
-        b.write_mesh([a.rpc])
+        b.write_mesh([a.mesh])
         await until(lambda: linked(nodes, 2), "the links are back")
         await until(lambda: same_registry(nodes), "one registry everywhere after the partition")
         final = await a.devices()
@@ -61,7 +61,7 @@ async def test_registry_converges_after_a_link_is_cut_and_restored(start_node: S
 async def test_a_node_without_the_cluster_secret_is_refused(start_node: StartNode) -> None:
     with trio.fail_after(TEST_TIMEOUT_S):
         a = await start_node("a")
-        intruder = await start_node("x", [a.rpc], secret="not-" + SECRET)
+        intruder = await start_node("x", [a.mesh], secret="not-" + SECRET)
 
         async def refused() -> bool:
             return int((await a.mesh_stats())["security_events"]) >= 1
@@ -81,7 +81,7 @@ async def test_a_node_without_the_cluster_secret_is_refused(start_node: StartNod
         intruder.process.signal(signal.SIGTERM)
         await intruder.process.wait(10)
         before = await a.mesh_stats()
-        a.write_mesh([a.rpc])
+        a.write_mesh([a.mesh])
 
         async def self_refused() -> bool:
             return int((await a.mesh_stats())["refused"]) > before["refused"]
@@ -101,7 +101,7 @@ async def test_a_killed_node_rejoins_and_catches_up(start_node: StartNode) -> No
         await until(lambda: linked([a, b], 1), "A and B notice that C is gone")
         added, _ = await a.register(network, "while-c-was-dead")
         await c.http.aclose()
-        again = await start_node("c", [a.rpc, b.rpc])
+        again = await start_node("c", [a.mesh, b.mesh])
         assert again.node_id == c.node_id  # the same node, on its own store
         await until(lambda: linked([a, b, again], 2), "C linked again")
         await until(lambda: same_registry([a, b, again]), "C caught up")

@@ -18,8 +18,8 @@ TEST_TIMEOUT_S = 60
 
 async def start_three(start_node: StartNode) -> list[MeshNode]:
     a = await start_node("a")
-    b = await start_node("b", [a.rpc])
-    c = await start_node("c", [a.rpc, b.rpc])
+    b = await start_node("b", [a.mesh])
+    c = await start_node("c", [a.mesh, b.mesh])
     nodes = [a, b, c]
     await until(lambda: linked(nodes, 2), "every node linked to the two others, with an RTT")
     return nodes
