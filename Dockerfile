@@ -1,6 +1,6 @@
 # Asgard node image: multi-stage, slim, non-root, health-checked.
 #   docker build -t asgard .
-#   docker run -p 7700:7700 -p 7701:7701 -p 7702:7702 -p 3478:3478/udp -p 3478:3478 \
+#   docker run -p 7700:7700 -p 7701:7701 -p 7702:7702 -p 7703:7703 -p 3478:3478/udp -p 3478:3478 \
 #              -v asgard-data:/data -v ./config:/config asgard
 # The first start prints the admin token once (docker logs).
 
@@ -28,7 +28,7 @@ ENV PATH=/opt/asgard/bin:$PATH \
 USER asgard
 WORKDIR /config
 VOLUME ["/data", "/config"]
-EXPOSE 7700 7701 7702 3478/tcp 3478/udp
+EXPOSE 7700 7701 7702 7703 3478/tcp 3478/udp
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:7700/healthz', timeout=2).status == 200 else 1)"]
 STOPSIGNAL SIGTERM
