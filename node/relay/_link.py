@@ -143,11 +143,12 @@ class DeviceLink:
         above it; best-effort data goes through `_route_batch` without an await."""
         ws, relay, clock = self.transport, self.relay, self._clock
         stats, hub, throttle = relay.stats, relay.hub, self.throttle
+        awaiting_hello = Phase.AWAITING_HELLO  # reading an enum member costs ~0.2 µs each time
         replies: list[bytes] = []
         try:
             with self._reader_scope:
                 while self.close_code is None:
-                    if self.phase is Phase.AWAITING_HELLO:
+                    if self.phase is awaiting_hello:
                         batch: list[bytes] = []
                         with trio.move_on_after(relay.settings.hello_timeout_s):
                             batch = await ws.receive_batch()
