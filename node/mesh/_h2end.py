@@ -76,17 +76,8 @@ def unavailable(error: BaseException) -> Unavailable:
     return Unavailable(f"peer link broke: {type(error).__name__}: {error}")
 
 
-def _rescan(timeout: float) -> None:
-    """Trio chose `timeout` for its I/O wait before this pass's `before_io_wait` ran: when the pump
-    woke a task (the drain task, a sender waiting for room, the link's end) or set an earlier
-    deadline, have the wait return at once instead of sleeping through it."""
-    stats = trio.lowlevel.current_statistics()
-    if stats.tasks_runnable or stats.seconds_to_next_deadline < timeout:
-        trio.lowlevel.current_trio_token().run_sync_soon(_nothing)
-
-
 def _nothing() -> None:
-    """Run on Trio's thread only to end its I/O wait (`_rescan`)."""
+    """Run on Trio's thread only to end its I/O wait (`H2End.before_io_wait`)."""
 
 
 class Oversized(Unavailable):
@@ -107,6 +98,7 @@ class H2End(trio.abc.Instrument):
         self._outbox: deque[PeerMessage] = deque()
         self._held = b""  # encoded, waiting for the peer's flow-control window
         self._due = False
+        self._woke = False  # the pump woke a Trio task (see before_io_wait)
         self._credits = window  # messages the node may hold unconsumed
         self._max_message = max_message_bytes
         self._wire: Wire = PlainWire(None)
@@ -151,6 +143,7 @@ class H2End(trio.abc.Instrument):
         """Tell `PeerStream` the link is over (once)."""
         if not self._ended:
             self._ended = True
+            self._woke = True
             self._peer.far_end(error)
 
     # Subclasses -------------------------------------------------------------------------------
@@ -232,6 +225,7 @@ class H2End(trio.abc.Instrument):
                 self._write_output()
         self.end(self._error)
         self._stream_ended.set()
+        self._woke = True
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()  # then `run` writes the rest and closes
         elif self._scope is not None:
@@ -241,9 +235,12 @@ class H2End(trio.abc.Instrument):
     def before_io_wait(self, timeout: float) -> None:
         """End of a pass of Trio's scheduler: write what was queued during it."""
         if self._due:
+            self._woke = False
             self._pump()
-            if timeout > 0:
-                _rescan(timeout)
+            if self._woke and timeout > 0:
+                # Trio chose `timeout` before this hook ran: a task the pump woke (the drain task,
+                # a sender waiting for room, the link's end) must not wait for the next I/O event.
+                trio.lowlevel.current_trio_token().run_sync_soon(_nothing)
 
     def _pump(self) -> None:
         """Encode queued messages within the peer's window and write them without waiting."""
@@ -256,11 +253,13 @@ class H2End(trio.abc.Instrument):
                 self.end(None)  # Trio closed the link and everything queued is on its way
                 self._end_stream()
                 self._stream_ended.set()
+                self._woke = True
             self._write_output()
         except LINK_ERRORS as exc:
             self._fail(exc)
             return
         if sent:
+            self._woke |= self._peer.sender_waiting
             self._peer.far_credit(sent)
 
     def _encode_queued(self) -> int:
@@ -285,6 +284,7 @@ class H2End(trio.abc.Instrument):
             if self._wire.pending_bytes > MAX_UNSENT_BYTES:
                 raise Unavailable("the peer does not read what this node sends")
             self._drain_wake.set()
+            self._woke = True
 
     async def _drain_main(self) -> None:
         """Write what the kernel did not take at once, then resume encoding."""

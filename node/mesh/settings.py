@@ -266,7 +266,7 @@ class MeshSettings(Section):
             try:
                 split_address(address)
             except ValueError as exc:
-                raise ValueError(f"mesh.peers: {exc} (the peer's mesh listener)") from None
+                raise ValueError(f"{exc} (a peer's mesh listener)") from None
         return value
 
     @field_validator("advertise_address")
@@ -274,22 +274,16 @@ class MeshSettings(Section):
     def _advertise(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        try:
-            host, _ = split_address(value)
-        except ValueError as exc:
-            raise ValueError(f"mesh.advertise_address: {exc}") from None
+        host, _ = split_address(value)
         if _unspecified(host):
-            raise ValueError(
-                f"mesh.advertise_address: {host} is not an address peers can dial; name this node's "
-                "own address"
-            )
+            raise ValueError(f"{host} is not an address peers can dial; name this node's own address")
         return value
 
     @field_validator("host")
     @classmethod
     def _host(cls, value: str | None) -> str | None:
         if value is not None and (not value or any(c.isspace() or c in "[]/" for c in value)):
-            raise ValueError(f"mesh.host: expected an IP address or host name, got {value!r}")
+            raise ValueError(f"expected an IP address or host name, got {value!r}")
         return value
 
     @model_validator(mode="after")

@@ -109,6 +109,11 @@ class PeerStream:
             self._room = trio.Event()
             await self._room.wait()
 
+    @property
+    def sender_waiting(self) -> bool:
+        """True while a task waits in `send` for room in the backlog."""
+        return self._room is not None
+
     def far_credit(self, count: int) -> None:
         """The far end took `count` messages for the socket: their send credits come back."""
         self._credits += count
