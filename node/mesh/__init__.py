@@ -11,7 +11,7 @@ __all__ = ["Mesh", "MeshSettings"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Mesh":  # imported on use: the service pulls in the gRPC island's modules
+    if name == "Mesh":  # imported on use: the service pulls in h2 and the link modules
         from node.mesh.service import Mesh
 
         return Mesh

@@ -1,9 +1,10 @@
 """The messages of a mesh peer link (`asgard.v1.Mesh/Link`) as plain records for the Trio side.
 
-They are the very objects grpclib encodes and decodes on the island: every class derives from
-`PeerMessage`, whose `SerializeToString` / `FromString` are the protobuf wire format of
-`protos/asgard/v1/mesh.proto` (`_peer_codec`), so no conversion step runs between the stream and
-the node, and `node.mesh` never sees generated code.
+The link's connection code (`node.mesh._h2end`) encodes and decodes them with `_peer_codec`; every
+class derives from `PeerMessage`, whose `SerializeToString` / `FromString` are the protobuf wire
+format of `protos/asgard/v1/mesh.proto` (the interface of grpclib's codec, which the tests' gRPC
+clients use), so no conversion step runs between the stream and the node, and `node.mesh` never
+sees generated code.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from store.mesh import Row
 
 
 class PeerMessage:
-    """Base of every link message; grpclib's codec calls these two methods."""
+    """Base of every link message; protobuf codecs (grpclib's) call these two methods."""
 
     __slots__ = ()
 
