@@ -40,7 +40,7 @@ import trio
 
 from node.errors import Unavailable
 from node.logs import event, logger
-from node.mesh._h2end import LINK_ERRORS, H2End, Oversized
+from node.mesh._h2end import LINK_ERRORS, PRE_AUTH_MESSAGE_BYTES, H2End, Oversized
 from node.mesh._wire import accept_wire
 from node.rpc._peer import LINK, PeerStream
 
@@ -61,6 +61,8 @@ class ListenerLimits:
     max_message_bytes: int
     max_connections: int
     handshake_timeout_s: float
+    pre_auth_message_bytes: int = PRE_AUTH_MESSAGE_BYTES
+    """Largest message before the peer's challenge-response has passed."""
 
 
 @dataclass(slots=True)
@@ -80,7 +82,7 @@ class _AcceptedEnd(H2End):
     linger = True
 
     def __init__(self, peer: PeerStream, limits: ListenerLimits, accept: Accept) -> None:
-        super().__init__(peer, limits.window, limits.max_message_bytes)
+        super().__init__(peer, limits.window, limits.max_message_bytes, limits.pre_auth_message_bytes)
         self._accept = accept
         self._refused = 0
         self.requested = False

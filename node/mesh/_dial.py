@@ -18,7 +18,14 @@ import h2.events
 import trio
 
 from node.errors import Unavailable
-from node.mesh._h2end import END_WAIT_S, LINK_ERRORS, MAX_MESSAGE_BYTES, H2End, unavailable
+from node.mesh._h2end import (
+    END_WAIT_S,
+    LINK_ERRORS,
+    MAX_MESSAGE_BYTES,
+    PRE_AUTH_MESSAGE_BYTES,
+    H2End,
+    unavailable,
+)
 from node.mesh._wire import connect_wire
 from node.rpc._peer import LINK, PeerStream
 
@@ -30,9 +37,9 @@ class _DialledEnd(H2End):
 
     client_side = True
 
-    def __init__(self, peer: PeerStream, window: int, max_message_bytes: int, authority: str,
-                 scheme: str) -> None:  # fmt: skip
-        super().__init__(peer, window, max_message_bytes)
+    def __init__(self, peer: PeerStream, window: int, max_message_bytes: int, pre_auth_message_bytes: int,
+                 authority: str, scheme: str) -> None:  # fmt: skip
+        super().__init__(peer, window, max_message_bytes, pre_auth_message_bytes)
         self._authority = authority
         self._scheme = scheme
         self._status_error: Unavailable | None = None
@@ -91,13 +98,15 @@ async def open_link(
     tls: ssl.SSLContext | None = None,
     tls_server_name: str | None = None,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
+    pre_auth_message_bytes: int = PRE_AUTH_MESSAGE_BYTES,
 ) -> AsyncIterator[PeerStream]:
     """Dial `host:port` (a peer's mesh listener) from Trio and open a link; it is closed when the
     block ends. A peer that cannot be reached shows up as `Unavailable` from the first `receive()`.
     """
     peer = PeerStream(window=window, queue_max=queue_max, remote=f"{host}:{port}")
     authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    end = _DialledEnd(peer, window, max_message_bytes, authority, "https" if tls is not None else "http")
+    scheme = "https" if tls is not None else "http"
+    end = _DialledEnd(peer, window, max_message_bytes, pre_auth_message_bytes, authority, scheme)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_dial, end, host, port, connect_timeout_s, tls, tls_server_name)

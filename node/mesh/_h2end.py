@@ -18,7 +18,9 @@ Theory of operation
   (RFC 9113 §5.2) holds messages back while the peer's window is used up; a WINDOW_UPDATE
   resumes them.
 * Receiving: one task waits for the socket, feeds h2, acknowledges the bytes at once, cuts the
-  messages out of the DATA (each at most `max_message_bytes`) and hands them to `PeerStream`
+  messages out of the DATA (each at most `max_message_bytes`; at most `PRE_AUTH_MESSAGE_BYTES`
+  until the link's challenge-response has passed, so an unauthenticated peer cannot make a
+  connection hold more) and hands them to `PeerStream`
   inline. While `window` messages are with the node and not consumed it stops reading, so TCP
   and HTTP/2 push back on the peer and every buffer stays bounded: the partial message (at most
   `max_message_bytes`), h2's frame buffer (one frame; a header block of at most 64
@@ -55,6 +57,8 @@ from node.rpc._peer_model import PeerMessage
 _PREFIX = struct.Struct(">BI")
 WINDOW_BYTES = 4 << 20  # as grpclib's defaults: WINDOW_UPDATE frames stay rare
 MAX_HEADER_LIST_BYTES = 8 << 10
+PRE_AUTH_MESSAGE_BYTES = 64 << 10
+"""Largest message before the peer has authenticated (HELLO, CHALLENGE, PROOF are far smaller)."""
 """Largest decoded header list accepted (RFC 9113 §6.5.2 SETTINGS_MAX_HEADER_LIST_SIZE)."""
 MAX_UNSENT_BYTES = 2 * WINDOW_BYTES + (1 << 20)
 """Bytes waiting for the kernel beyond which the peer is taken to not read (the pump stops
@@ -93,14 +97,17 @@ class H2End(trio.abc.Instrument):
     last frames (a refusal, trailers) reach a peer still sending instead of being lost to a TCP
     reset (the server: its peer closes once it has the trailers)."""
 
-    def __init__(self, peer: PeerStream, window: int, max_message_bytes: int) -> None:
+    def __init__(
+        self, peer: PeerStream, window: int, max_message_bytes: int, pre_auth_message_bytes: int
+    ) -> None:
         self._peer = peer
         self._outbox: deque[PeerMessage] = deque()
         self._held = b""  # encoded, waiting for the peer's flow-control window
         self._due = False
         self._woke = False  # the pump woke a Trio task (see before_io_wait)
         self._credits = window  # messages the node may hold unconsumed
-        self._max_message = max_message_bytes
+        self._max_message = min(max_message_bytes, pre_auth_message_bytes)
+        self._max_message_authenticated = max_message_bytes
         self._wire: Wire = PlainWire(None)
         self._drain_wake = trio.Event()
         self._reader_wake: trio.Event | None = None
@@ -138,6 +145,10 @@ class H2End(trio.abc.Instrument):
     def close(self) -> None:
         self._closing = True
         self._due = True
+
+    def authenticated(self) -> None:
+        """The peer proved itself: messages up to `max_message_bytes` from now on."""
+        self._max_message = self._max_message_authenticated
 
     def end(self, error: BaseException | None) -> None:
         """Tell `PeerStream` the link is over (once)."""

@@ -92,6 +92,7 @@ async def dial_handshake(stream: PeerStream, me: Identity, key: bytes) -> PeerIn
     if not auth.verify(key, auth.ACCEPTOR, text, challenge.proof):
         await _refuse(stream, "authentication failed")
         raise Refused("the acceptor's proof is wrong (another cluster secret)", peer=peer, security=True)
+    stream.authenticated()  # before our PROOF: whatever the acceptor sends after READY may be large
     await stream.send(Proof(auth.proof(key, auth.DIALER, text)))
     ready = await _expect(stream, Ready)
     if not ready.accepted:
@@ -120,6 +121,7 @@ async def accept_handshake(
     if not auth.verify(key, auth.DIALER, text, answer.proof):
         await _refuse(stream, "authentication failed")
         raise Refused("the dialer's proof is wrong (no or another cluster secret)", peer=peer, security=True)
+    stream.authenticated()  # before READY, after which the dialer may send large messages
     await stream.send(Ready(True))
     return PeerInfo(peer, hello.version, hello.address, hello.node_name)
 

@@ -52,6 +52,8 @@ class FarEnd(Protocol):
 
     def close(self) -> None: ...
 
+    def authenticated(self) -> None: ...
+
 
 class PeerStream:
     """One link from the Trio side (Trio thread only)."""
@@ -210,6 +212,11 @@ class PeerStream:
         self._backlog.clear()
         if self._far is not None and not self._ended:
             self._far.close()
+
+    def authenticated(self) -> None:
+        """The challenge-response passed: the peer may send messages of the full size now."""
+        if self._far is not None:
+            self._far.authenticated()
 
 
 def client_ssl(ca_path: str | None) -> ssl.SSLContext:

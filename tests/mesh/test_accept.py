@@ -190,6 +190,34 @@ async def test_a_wrong_cluster_secret_is_refused_on_both_sides(nursery: trio.Nur
     assert refused_there.peer == "node-b"
 
 
+async def test_large_messages_cross_only_after_the_challenge_response(nursery: trio.Nursery) -> None:
+    key = auth.link_key("s" * 20, "home")
+    acceptor_id = Identity("node-a", "home", "1", "127.0.0.1:1", "a")
+    dialer_id = Identity("node-b", "home", "1", "127.0.0.1:2", "b")
+    big = Handoff(1, "d", (b"m" * 1_000_000,))
+
+    async def authenticate_then_echo(peer: PeerStream) -> None:
+        await accept_handshake(peer, acceptor_id, key, ())
+        await node.echo(peer)
+
+    node = Acceptor()
+    node.behaviour = authenticate_then_echo
+    limits = ListenerLimits(8, 100, 4 << 20, max_connections=8, handshake_timeout_s=2.0)
+    _, port = await serve(nursery, node, limits=limits)
+    with trio.fail_after(LIMIT_S):
+        async with open_link("127.0.0.1", port, window=8, queue_max=100, connect_timeout_s=5) as peer:
+            await dial_handshake(peer, dialer_id, key)
+            assert peer.send_nowait(big)
+            assert await peer.receive() == big  # both ways: each side lifted its limit in time
+    assert node.received == [big]
+    # The same message before any handshake ends the link (the pre-authentication limit, 64 KiB).
+    node.behaviour = node.echo
+    with trio.fail_after(LIMIT_S), pytest.raises(grpclib.exceptions.GRPCError) as error:
+        await grpclib_exchange(port, [big])
+    assert error.value.status is Status.RESOURCE_EXHAUSTED
+    assert node.received == [big]
+
+
 # ---------------------------------------------------------------------- untrusted input
 
 

@@ -21,8 +21,9 @@ from node.rpc._peer_model import Frames, Goodbye, Handoff, PeerMessage, Ping
 Accept = Callable[[PeerStream], Awaitable[None]]
 LIMIT_S = 10
 LIMITS = ListenerLimits(
-    window=8, queue_max=1000, max_message_bytes=4 << 20, max_connections=8, handshake_timeout_s=2.0
-)
+    window=8, queue_max=1000, max_message_bytes=4 << 20, max_connections=8, handshake_timeout_s=2.0,
+    pre_auth_message_bytes=4 << 20,  # these tests run the transport alone, without a handshake
+)  # fmt: skip
 
 
 class Acceptor:
@@ -83,6 +84,7 @@ def _dial(
         connect_timeout_s=5,
         tls=tls,
         tls_server_name=tls_server_name,
+        pre_auth_message_bytes=4 << 20,
     )
 
 
