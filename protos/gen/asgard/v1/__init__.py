@@ -1346,7 +1346,7 @@ class PeerChallenge(betterproto2.Message):
 
     address: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
     """
-    host:port of the acceptor's gRPC listener.
+    host:port of the acceptor's mesh listener.
     """
 
     node_name: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
@@ -1515,7 +1515,7 @@ class PeerHello(betterproto2.Message):
 
     address: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
     """
-    host:port where the dialer's own gRPC listener is reached (informational).
+    host:port where the dialer's own mesh listener is reached (informational).
     """
 
     node_name: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
