@@ -190,8 +190,9 @@ class WsConnection:
                     await trio.lowlevel.checkpoint_if_cancelled()
                 elif 0 < self._greedy_reads < _MAX_GREEDY_READS and self._recv_nowait():
                     # After a read that filled the buffer more is likely waiting: read again
-                    # without waiting, but go through the scheduler every _MAX_GREEDY_READS reads.
-                    await trio.lowlevel.checkpoint_if_cancelled()
+                    # without waiting for the socket, but let the other ready tasks run first, so
+                    # a flooding sender costs a fast pair at most one read's worth of frames.
+                    await trio.lowlevel.checkpoint()
                 else:
                     self._greedy_reads = 0
                     try:

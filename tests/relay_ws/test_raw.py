@@ -358,3 +358,39 @@ async def test_batches_over_iov_max_are_split_without_waiting(raw_client_cls) ->
             assert await client.read_frame() == (OP_BINARY, m)
     client.close()
     conn.close_nowait()
+
+
+async def test_reads_without_waiting_still_let_other_tasks_run(nursery, raw_client_cls, frame) -> None:
+    """A connection with a backlog (a flooding sender) is read in buffer-sized batches, and every
+    batch read without waiting for the socket first lets the other ready tasks run (fairness)."""
+    engine = WsEngine(WsSettings(receive_buffer_bytes=4096))
+    client, server_sock = raw_client_cls.pair()
+    conn = WsConnection(server_sock, engine, make_request())
+    payloads = [bytes([i]) * 1000 for i in range(64)]
+    ticks = 0
+
+    async def bystander() -> None:
+        nonlocal ticks
+        while True:
+            await trio.lowlevel.checkpoint()
+            ticks += 1
+
+    got: list[bytes] = []
+    ticks_at_batch = []
+    try:
+        with trio.fail_after(TIMEOUT_S):
+            await client.send(b"".join(frame(OP_BINARY, p) for p in payloads))  # all queued at once
+            nursery.start_soon(bystander)
+            while len(got) < len(payloads):
+                got += await conn.receive_batch()
+                ticks_at_batch.append(ticks)
+    finally:
+        client.close()
+        conn.close_nowait()
+    assert got == payloads
+    assert len(ticks_at_batch) >= 10  # one 4 KiB read per batch
+    # Each batch costs the reader one pass of the scheduler, in which the bystander runs once
+    # (before or after the reader: Trio shuffles a pass; its first run only starts it), so by
+    # batch i it has counted at least i - 2 runs. A reader that kept reading without yielding
+    # would return several batches within one pass.
+    assert all(seen >= i - 2 for i, seen in enumerate(ticks_at_batch)), ticks_at_batch
