@@ -9,6 +9,7 @@ cancelled. Storage closes last, after every service has flushed what it buffers.
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import signal
@@ -140,6 +141,15 @@ def _node_identity(conn: Any, now: float) -> tuple[str, str | None]:
     return node_id, bootstrap_admin(conn, now)
 
 
+def _process_statistics() -> dict[str, Any]:
+    """The Python process: the cyclic collector's runs per generation and what `asgard serve`
+    froze after start-up (objects the collector no longer walks)."""
+    return {
+        "gc_collections": [generation["collections"] for generation in gc.get_stats()],
+        "gc_frozen_objects": gc.get_freeze_count(),
+    }
+
+
 async def run_node(
     settings: Settings,
     *,
@@ -224,6 +234,7 @@ async def _run_services(
             nursery.start_soon(watcher.run, settings.server.config_poll_interval_s, name="config-watch")
         if handle_signals:
             nursery.start_soon(_stop_on_signal, handle, name="signals")
+        handle.api.stats_providers["process"] = _process_statistics
         api.state = "ok"
         event(log, 20, "node ready", node_id=node_id, version=node.__version__, **handle.addresses)
         task_status.started(handle)

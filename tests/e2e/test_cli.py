@@ -190,6 +190,16 @@ async def test_token_commands_work_while_the_node_runs(
 
 
 @pytest.mark.slow
+async def test_the_served_node_freezes_its_start_up_objects(spawn: Spawn, env: dict[str, str]) -> None:
+    """`asgard serve` keeps the cyclic collector off what start-up made (admin stats show it)."""
+    node = await spawn(env)
+    headers = {"Authorization": f"Bearer {node.announcement['admin_token']}"}
+    async with httpx.AsyncClient(base_url=node.url, headers=headers) as client:
+        process = (await client.get("/api/v1/admin/stats")).json()["services"]["process"]
+    assert process["gc_frozen_objects"] > 10_000
+    assert len(process["gc_collections"]) == 3
+
+
 async def test_sigterm_drains_and_exits_0_within_the_grace_period(spawn: Spawn, env: dict[str, str]) -> None:
     node = await spawn(env)
     async with httpx.AsyncClient(
