@@ -325,8 +325,6 @@ async def _start_rpc(
         api=settings.api,
     )
     rpc = NodeRpc(settings.rpc, backend, NodeAuthenticator(handle.tokens), board)
-    for name, factory in handle.extra.get("rpc_services", []):
-        rpc.add_service(name, factory)  # e.g. the mesh's peer links
     done = trio.Event()
     host = settings.host_for(settings.rpc.host)
     serve = partial(rpc.serve, shutdown=shutdown)

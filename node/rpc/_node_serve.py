@@ -10,13 +10,12 @@ island's thread is joined before `serve` returns.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from node.rpc._health import HealthState
-from node.rpc._island import Island, open_island
+from node.rpc._island import open_island
 from node.rpc._node_caps import ServiceBoard
 from node.rpc.backend import Authenticator
 from node.rpc.clients._base import close_channels
@@ -40,12 +39,6 @@ class NodeRpc:
         self.health = HealthState()
         self._authenticator = authenticator
         self._server: RpcServer | None = None
-        self._extra: list[tuple[str, Callable[[Island], Any]]] = []
-
-    def add_service(self, name: str, factory: Callable[[Island], Any]) -> None:
-        """Serve one more gRPC service built on the island by `factory` (e.g. the mesh's peer
-        links); call before `serve`."""
-        self._extra.append((name, factory))
 
     async def serve(
         self, host: str, *, shutdown: trio.Event, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
@@ -64,8 +57,6 @@ class NodeRpc:
                 heimdall = GrpcHeimdall(island, settings.heimdall)
                 authenticator = HeimdallAuthenticator(authenticator, heimdall, settings.heimdall)
             self._server = RpcServer(settings, self.backend, authenticator, health=self.health, island=island)
-            for name, factory in self._extra:
-                self._server.add_service(name, factory)
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self.backend.run, name="rpc-capabilities")

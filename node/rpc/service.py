@@ -16,7 +16,6 @@ import logging
 import socket
 import ssl
 import weakref
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpclib.server
@@ -108,12 +107,7 @@ class RpcServer:
         self._health_service = HealthService(self.health, settings.public_health)
         self._gate: Gate | None = None
         self._server: _Server | None = None
-        self._extra: list[tuple[str, Callable[[Island], _Service]]] = []
         self.address: tuple[str, int] | None = None
-
-    def add_service(self, name: str, factory: Callable[[Island], _Service]) -> None:
-        """Serve one more service (built on the island by `factory`); call before `serve`."""
-        self._extra.append((name, factory))
 
     async def serve(
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
@@ -163,7 +157,7 @@ class RpcServer:
         except BaseException:
             sock.close()
             raise
-        for name in ("", *SERVICE_NAMES, *(extra for extra, _ in self._extra)):
+        for name in ("", *SERVICE_NAMES):
             self.health.set(name, "serving")
         try:
             task_status.started(self.address)
@@ -189,11 +183,9 @@ class RpcServer:
             _svc_locks.LockService(self._backend),
             self._health_service,
         ]
-        assert self._island is not None
-        services += [factory(self._island) for _, factory in self._extra]
         methods = [m for service in services for m in service.methods()]
         if self._settings.reflection:
-            methods += reflection_methods([*SERVICE_NAMES, *(name for name, _ in self._extra)])
+            methods += reflection_methods(list(SERVICE_NAMES))
         return methods
 
     async def _listen(self) -> socket.socket:
