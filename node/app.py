@@ -33,6 +33,7 @@ from node.config import ConfigWatcher, Settings
 from node.locks import LockService, serve_locks
 from node.locks.sqlite_journal import SqliteLockJournal
 from node.logs import Logs, event, logger
+from node.mesh._peer import server_ssl
 from node.mesh.discovery import Discovery
 from node.mesh.election import LeaderElection
 from node.mesh.service import Mesh
@@ -40,7 +41,6 @@ from node.mesh.settings import split_address
 from node.registry import Registry
 from node.relay import LeaseBook, RelayLocks
 from node.relay.service import RelayService
-from node.rpc._peer import server_ssl
 from node.rpc.node_backend import (
     Capabilities,
     NodeAuthenticator,

@@ -41,8 +41,8 @@ import trio
 from node.errors import Unavailable
 from node.logs import event, logger
 from node.mesh._h2end import LINK_ERRORS, PRE_AUTH_MESSAGE_BYTES, H2End, Oversized
+from node.mesh._peer import LINK, PeerStream
 from node.mesh._wire import accept_wire
-from node.rpc._peer import LINK, PeerStream
 
 log = logger("mesh")
 

@@ -26,8 +26,8 @@ from node.mesh._h2end import (
     H2End,
     unavailable,
 )
+from node.mesh._peer import LINK, PeerStream
 from node.mesh._wire import connect_wire
-from node.rpc._peer import LINK, PeerStream
 
 _STREAM = 1
 

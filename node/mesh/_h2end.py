@@ -7,7 +7,7 @@ Theory of operation
 * One connection, one stream: HEADERS `POST /asgard.v1.Mesh/Link` (`te: trailers`,
   `content-type: application/grpc`), then length-prefixed messages (1 flag byte, 4 length bytes:
   gRPC over HTTP/2) in DATA frames both ways; the server ends with trailers holding `grpc-status`.
-* `H2End` is the `FarEnd` of the link's `PeerStream` (`node.rpc._peer`); subclasses say how the
+* `H2End` is the `FarEnd` of the link's `PeerStream` (`node.mesh._peer`); subclasses say how the
   stream starts and ends (client: request headers, END_STREAM on its DATA; server: response
   headers, trailers).
 * Sending costs no task switch: `push` queues the message, and at the end of the current pass
@@ -49,10 +49,10 @@ import h2.settings
 import trio
 
 from node.errors import Unavailable
+from node.mesh._peer import PeerStream
+from node.mesh._peer_codec import PeerDecodeError, decode, encode_batch
+from node.mesh._peer_model import PeerMessage
 from node.mesh._wire import PlainWire, Wire
-from node.rpc._peer import PeerStream
-from node.rpc._peer_codec import PeerDecodeError, decode, encode_batch
-from node.rpc._peer_model import PeerMessage
 
 _PREFIX = struct.Struct(">BI")
 WINDOW_BYTES = 4 << 20  # as grpclib's defaults: WINDOW_UPDATE frames stay rare

@@ -15,8 +15,8 @@ import trio
 
 from node.mesh import _auth as auth
 from node.mesh._linkstate import LinkHealth
-from node.rpc._peer import PeerStream
-from node.rpc._peer_model import Challenge, Hello, PeerMessage, Proof, Ready
+from node.mesh._peer import PeerStream
+from node.mesh._peer_model import Challenge, Hello, PeerMessage, Proof, Ready
 
 _M = TypeVar("_M", bound=PeerMessage)
 SELF_LINK = "a node cannot link to itself"  # e.g. one peer list, own address included, on every node

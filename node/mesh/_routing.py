@@ -31,9 +31,9 @@ from node.errors import StoreError
 from node.logs import event, logger
 from node.mesh._links import Link
 from node.mesh._linkstate import RecentlySeen, fan_out
+from node.mesh._peer_model import Fanout, Frames, Handoff, HandoffAck, PeerMessage
 from node.mesh.state import VersionIndex
 from node.router import PeerLink, frame_key, id_text
-from node.rpc._peer_model import Fanout, Frames, Handoff, HandoffAck, PeerMessage
 from store import mesh as rows_db
 from store import queue as q
 from wire import DecodeError

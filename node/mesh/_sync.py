@@ -25,6 +25,15 @@ from node.clock import WallClock
 from node.errors import StoreError
 from node.logs import event, logger
 from node.mesh._links import Link
+from node.mesh._peer_model import (
+    Digest,
+    Housekeeping,
+    PeerMessage,
+    RecordData,
+    Records,
+    VersionData,
+    Versions,
+)
 from node.mesh.settings import SyncSettings
 from node.mesh.state import (
     DEVICE,
@@ -41,15 +50,6 @@ from node.mesh.state import (
     stamp_for_change,
     to_push,
     wins,
-)
-from node.rpc._peer_model import (
-    Digest,
-    Housekeeping,
-    PeerMessage,
-    RecordData,
-    Records,
-    VersionData,
-    Versions,
 )
 from node.storage import Storage
 from store import mesh as rows_db

@@ -31,11 +31,8 @@ from node.mesh._accept import ListenerLimits, MeshListener
 from node.mesh._dial import open_link
 from node.mesh._links import SELF_LINK, Identity, Link, PeerInfo, Refused, accept_handshake, dial_handshake
 from node.mesh._linkstate import Backoff, LinkHealth, keep_link_dialled_by
-from node.mesh._routing import MeshRoutes
-from node.mesh._sync import Sync
-from node.mesh.settings import MeshSettings, split_address
-from node.rpc._peer import PeerStream, client_ssl
-from node.rpc._peer_model import (
+from node.mesh._peer import PeerStream, client_ssl
+from node.mesh._peer_model import (
     Digest,
     Fanout,
     Frames,
@@ -49,6 +46,9 @@ from node.rpc._peer_model import (
     Records,
     Versions,
 )
+from node.mesh._routing import MeshRoutes
+from node.mesh._sync import Sync
+from node.mesh.settings import MeshSettings, split_address
 
 if TYPE_CHECKING:
     from node.relay.service import RelayService
@@ -93,7 +93,7 @@ class Mesh:
         tls: ssl.SSLContext | None = None,
     ) -> None:
         """`host`: the listener's address (`[mesh] host` or server.host); `tls`: the listener's TLS
-        context (`node.rpc._peer.server_ssl` with the node's rpc certificate), None for plain TCP."""
+        context (`node.mesh._peer.server_ssl` with the node's rpc certificate), None for plain TCP."""
         assert settings.cluster_secret is not None
         self.settings = settings
         self.node_id = node_id

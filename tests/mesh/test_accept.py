@@ -25,9 +25,9 @@ from node.mesh import _auth as auth
 from node.mesh._accept import ListenerLimits
 from node.mesh._dial import open_link
 from node.mesh._links import Identity, PeerInfo, Refused, accept_handshake, dial_handshake
-from node.rpc._peer import LINK, PeerStream, server_ssl
-from node.rpc._peer_codec import decode, encode
-from node.rpc._peer_model import Handoff, PeerMessage, Ping
+from node.mesh._peer import LINK, PeerStream, server_ssl
+from node.mesh._peer_codec import decode, encode
+from node.mesh._peer_model import Handoff, PeerMessage, Ping
 from tests.mesh.test_dial import LIMIT_S, Acceptor, serve
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"

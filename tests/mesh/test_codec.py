@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.rpc import _peer_model as m
-from node.rpc._peer_codec import MERGE_MAX_BYTES, PeerDecodeError, decode, encode, encode_batch
+from node.mesh import _peer_model as m
+from node.mesh._peer_codec import MERGE_MAX_BYTES, PeerDecodeError, decode, encode, encode_batch
 from protos.gen.asgard import v1 as pb
 
 MESSAGES = [

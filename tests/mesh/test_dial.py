@@ -15,8 +15,8 @@ import trustme
 from node.errors import Unavailable
 from node.mesh._accept import ListenerLimits, MeshListener
 from node.mesh._dial import open_link
-from node.rpc._peer import PeerStream, client_ssl, server_ssl
-from node.rpc._peer_model import Frames, Goodbye, Handoff, PeerMessage, Ping
+from node.mesh._peer import PeerStream, client_ssl, server_ssl
+from node.mesh._peer_model import Frames, Goodbye, Handoff, PeerMessage, Ping
 
 Accept = Callable[[PeerStream], Awaitable[None]]
 LIMIT_S = 10

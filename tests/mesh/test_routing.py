@@ -7,10 +7,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from node.mesh._peer_model import Fanout, Frames, PeerMessage
 from node.mesh._routing import MeshRoutes
 from node.mesh.state import DEVICE, Meta, VersionIndex
 from node.router import DeliveryState, FlushHub, Outbox, Router, RoutingTable, Session
-from node.rpc._peer_model import Fanout, Frames, PeerMessage
 from wire.device import AckStatus, FrameType, encode_frame
 
 NET = uuid.uuid4().bytes

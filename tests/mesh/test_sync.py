@@ -14,9 +14,9 @@ import trio
 
 from node.clock import WallClock
 from node.config import StoreSettings
+from node.mesh._peer_model import Housekeeping, PeerMessage, RecordData, Records
 from node.mesh._sync import Sync
 from node.mesh.settings import SyncSettings
-from node.rpc._peer_model import Housekeeping, PeerMessage, RecordData, Records
 from node.storage import Storage, open_storage
 from store import mesh as rows_db
 from store import registry as reg

@@ -21,13 +21,13 @@ class PeerMessage:
     __slots__ = ()
 
     def SerializeToString(self) -> bytes:
-        from node.rpc._peer_codec import encode
+        from node.mesh._peer_codec import encode
 
         return encode(self)
 
     @classmethod
     def FromString(cls, data: bytes) -> PeerMessage:
-        from node.rpc._peer_codec import decode
+        from node.mesh._peer_codec import decode
 
         return decode(data)
 

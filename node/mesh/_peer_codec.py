@@ -14,7 +14,7 @@ from typing import Any
 
 import betterproto2
 
-from node.rpc import _peer_model as m
+from node.mesh import _peer_model as m
 from protos.gen.asgard import v1 as pb
 
 _PREFIX = struct.Struct(">BI")  # gRPC message prefix: compressed flag, length

@@ -33,7 +33,7 @@ from typing import Protocol
 
 import trio
 
-from node.rpc._peer_model import PeerMessage
+from node.mesh._peer_model import PeerMessage
 
 log = logging.getLogger("asgard.mesh")
 
