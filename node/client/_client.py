@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import trio
 
 from node.client._locks import LockCalls
-from node.client._types import Ack, ConnectionLost, Message, NackError, SeenIds, SessionEnded
+from node.client._types import Ack, ConnectionLost, Message, NackError, Pending, SeenIds, SessionEnded
 from node.client._ws import ClientWebSocket, WsClosed, WsHandshakeError, WsRejected
 from wire import DecodeError
 from wire.device import (
@@ -82,12 +82,6 @@ class ClientSettings:
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
-@dataclass
-class _Waiter:
-    done: trio.Event = field(default_factory=trio.Event)
-    result: Ack | BaseException | None = None
-
-
 class DeviceClient:
     """One device's connection to a node, kept up across reconnects (see the module docstring)."""
 
@@ -112,7 +106,7 @@ class DeviceClient:
         self.unsolicited_nacks: deque[NackError] = deque(maxlen=1000)
         self.ended: SessionEnded | None = None
         self._ws: ClientWebSocket | None = None
-        self._waiters: dict[int, _Waiter] = {}
+        self._waiters: dict[int, Pending[Ack]] = {}
         self._next_id = secrets.randbits(40) << 16
         self._seen = SeenIds(self.settings.dedup_capacity)
         self._inbox_send, self._inbox = trio.open_memory_channel[Message](self.settings.receive_buffer)
@@ -310,11 +304,7 @@ class DeviceClient:
 
     def _resolve(self, message_id: int, result: Ack | BaseException) -> bool:
         waiter = self._waiters.get(message_id)
-        if waiter is None or waiter.done.is_set():
-            return False
-        waiter.result = result
-        waiter.done.set()
-        return True
+        return waiter is not None and waiter.settle(result)
 
     def _fail_waiters(self, error: BaseException) -> None:
         self.locks.fail_all(error)
@@ -362,7 +352,7 @@ class DeviceClient:
         if not wait_ack:
             await ws.send(frame)
             return None
-        waiter = self._waiters[message_id] = _Waiter()
+        waiter = self._waiters[message_id] = Pending[Ack]()
         try:
             await ws.send(frame)
             with trio.fail_after(self.settings.ack_timeout_s):
@@ -371,10 +361,7 @@ class DeviceClient:
             raise ConnectionLost("the connection closed while sending") from None
         finally:
             del self._waiters[message_id]
-        if isinstance(waiter.result, BaseException):
-            raise waiter.result
-        assert waiter.result is not None
-        return waiter.result
+        return waiter.outcome()
 
     async def control(self, message: Any, *, ack: bool = True) -> Ack | None:
         """Send a control message (JOIN, LEAVE, SUBSCRIBE, UNSUBSCRIBE, ...), waiting for its ACK."""

@@ -16,13 +16,13 @@ client reconnects within the node's `locks.session_grace_s`, they are still held
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
 
 import wire.device as wd
-from node.client._types import ClientError, ConnectionLost
+from node.client._types import ClientError, ConnectionLost, Pending
 from node.client._ws import WsClosed
 from wire import DecodeError
 from wire.device import FrameView, decode_lock_untrusted, encode_control
@@ -50,11 +50,9 @@ class LockRefusedError(ClientError):
 
 
 @dataclass
-class _Call:
-    answers: tuple[int, ...]
+class _Call(Pending[wd.ControlMessage]):
+    answers: tuple[int, ...] = ()
     on_queued: Callable[[int], None] | None = None
-    done: trio.Event = field(default_factory=trio.Event)
-    result: wd.ControlMessage | BaseException | None = None
 
 
 class LockCalls:
@@ -114,7 +112,7 @@ class LockCalls:
         if ws is None:
             raise ConnectionLost("not connected")
         message_id = client._new_id()
-        call = self._calls[message_id] = _Call(answers, on_queued)
+        call = self._calls[message_id] = _Call(answers=answers, on_queued=on_queued)
         try:
             try:
                 await ws.send(encode_control(request, message_id=message_id, source=client.device_id))
@@ -124,10 +122,7 @@ class LockCalls:
                 await call.done.wait()
         finally:
             del self._calls[message_id]
-        if isinstance(call.result, BaseException):
-            raise call.result
-        assert call.result is not None
-        return call.result
+        return call.outcome()
 
     # -- the client's reader ------------------------------------------------------------------
     def on_frame(self, frame: FrameView) -> None:
@@ -143,8 +138,7 @@ class LockCalls:
                     call.on_queued(message.position)
                 return
             if message.TYPE in call.answers:
-                call.result = message
-                call.done.set()
+                call.settle(message)
                 return
         if isinstance(message, wd.LockExpired | wd.LockPreempted | wd.LockReleased):
             try:
@@ -155,11 +149,7 @@ class LockCalls:
     def fail(self, message_id: int, error: BaseException) -> bool:
         """A NACK (or lost connection) for a waiting call; False when no call waits for it."""
         call = self._calls.get(message_id)
-        if call is None or call.done.is_set():
-            return False
-        call.result = error
-        call.done.set()
-        return True
+        return call is not None and call.settle(error)
 
     def fail_all(self, error: BaseException) -> None:
         for message_id in list(self._calls):

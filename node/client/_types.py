@@ -4,9 +4,37 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import trio
 
 from wire.device import NACK_SLUGS, Flags, FrameView, NackReason
+
+T = TypeVar("T")
+
+
+@dataclass
+class Pending(Generic[T]):
+    """The answer to one request of the client: set once (a result or an error), awaited once."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    result: T | BaseException | None = None
+
+    def settle(self, result: T | BaseException) -> bool:
+        """Hand over the answer; False when it was already settled."""
+        if self.done.is_set():
+            return False
+        self.result = result
+        self.done.set()
+        return True
+
+    def outcome(self) -> T:
+        """The answer once `done` is set (an error is raised)."""
+        if isinstance(self.result, BaseException):
+            raise self.result
+        assert self.result is not None
+        return self.result
 
 
 @dataclass(frozen=True, slots=True)
