@@ -28,12 +28,13 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import httpx
 import trio
 
 from node.locks import LockSettings
@@ -148,8 +149,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@asynccontextmanager
-async def run_etcd() -> AsyncIterator[tuple[str, int]]:
+@contextmanager
+def etcd_process() -> Iterator[tuple[str, int]]:
+    """A single-member etcd on loopback ports (temp data dir) for the whole run: (url, pid)."""
     binary = shutil.which("etcd")
     if binary is None:
         raise SystemExit("etcd is not installed (scripts/install-system-deps)")
@@ -157,40 +159,36 @@ async def run_etcd() -> AsyncIterator[tuple[str, int]]:
     url, peer = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen(
-            [
-                binary,
-                "--name",
-                "b",
-                "--data-dir",
-                f"{tmp}/data",
-                "--listen-client-urls",
-                url,
-                "--advertise-client-urls",
-                url,
-                "--listen-peer-urls",
-                peer,
-                "--initial-advertise-peer-urls",
-                peer,
-                "--initial-cluster",
-                f"b={peer}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+            [binary, "--name", "b", "--data-dir", f"{tmp}/data", "--listen-client-urls", url,
+             "--advertise-client-urls", url, "--listen-peer-urls", peer,
+             "--initial-advertise-peer-urls", peer, "--initial-cluster", f"b={peer}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
         try:
-            async with open_etcd_client([url]) as client:
-                with trio.fail_after(15):
-                    while True:
-                        try:
-                            await client.range_prefix(b"/health")
-                            break
-                        except Exception:
-                            await trio.sleep(0.05)
+            deadline = time.monotonic() + 15
+            while True:
+                with suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}/health", timeout=1).json().get("health") == "true":
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("etcd did not become healthy")
+                time.sleep(0.05)
             yield url, proc.pid
         finally:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+@asynccontextmanager
+async def run_etcd() -> AsyncIterator[tuple[str, int]]:
+    """`etcd_process` from Trio (started and stopped on a worker thread)."""
+    started = etcd_process()
+    running = await trio.to_thread.run_sync(started.__enter__)
+    try:
+        yield running
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(started.__exit__, None, None, None)
 
 
 async def main(args: argparse.Namespace) -> None:

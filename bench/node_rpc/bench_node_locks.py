@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -40,7 +39,7 @@ import trio
 import uvloop
 
 import wire.device as wd
-from bench.locks.bench_locks import EtcdRawTransport, _free_port, cpu_seconds, summary
+from bench.locks.bench_locks import EtcdRawTransport, cpu_seconds, etcd_process, summary
 from node.app import ephemeral_overrides
 from node.client import ClientSettings, DeviceClient
 from node.locks.etcd import open_etcd_client
@@ -363,36 +362,6 @@ def main(args: argparse.Namespace) -> None:
                 }
             )
     report(rows, load_before, os.getloadavg())
-
-
-@contextmanager
-def etcd_process() -> Iterator[tuple[str, int]]:
-    """A single-member etcd on loopback ports (temp data dir) for the whole run: (url, pid)."""
-    binary = shutil.which("etcd")
-    if binary is None:
-        raise SystemExit("etcd is not installed (scripts/install-system-deps)")
-    client_port, peer_port = _free_port(), _free_port()
-    url, peer = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen(
-            [binary, "--name", "b", "--data-dir", f"{tmp}/data", "--listen-client-urls", url,
-             "--advertise-client-urls", url, "--listen-peer-urls", peer,
-             "--initial-advertise-peer-urls", peer, "--initial-cluster", f"b={peer}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 15
-            while True:
-                with suppress(httpx.HTTPError):
-                    if httpx.get(f"{url}/health", timeout=1).json().get("health") == "true":
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError("etcd did not become healthy")
-                time.sleep(0.05)
-            yield url, proc.pid
-        finally:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 def report(rows: list[dict[str, Any]], load_before: tuple[float, ...], load_after: tuple[float, ...]) -> None:
