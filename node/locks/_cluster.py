@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from urllib.parse import quote
 
 import trio
@@ -40,6 +41,8 @@ from node.locks._types import (
 )
 from node.locks.etcd import EtcdClient, EtcdSession, KeyValue, QueueEntry, enqueue, wait_turn
 from node.locks.settings import LockSettings
+
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps builds one per call
 
 
 @dataclass(eq=False, slots=True)
@@ -106,9 +109,8 @@ class ClusterLocks:
         self._nonce += 1
         prefix = self._prefix(req.resource)
         name = b"%016x-%x" % (session.lease_id, self._nonce)
-        value = json.dumps(
-            {"owner": req.owner, "session": req.session, "mode": req.mode.value, "priority": req.priority},
-            separators=(",", ":"),
+        value = _ENCODE(
+            {"owner": req.owner, "session": req.session, "mode": req.mode.value, "priority": req.priority}
         ).encode()
         try:
             entry = await self._queue(req, request_id, session, prefix + name, value, on_queued)
@@ -329,7 +331,7 @@ class ClusterLocks:
     # -- timers: lease expiry, session grace, lease lapse, orphan clean-up ------------------------
 
     def _prefix(self, resource: str) -> bytes:
-        return (self.settings.etcd_key_prefix + quote(resource, safe="") + "/").encode()
+        return _key_prefix(self.settings.etcd_key_prefix, resource)
 
     def _orphan(self, key: bytes) -> None:
         self._orphans[key] = None
@@ -383,6 +385,12 @@ class ClusterLocks:
                     await trio.sleep(1.0)  # etcd is unreachable; the lease lapse frees them too
                     break
                 self._orphans.pop(key, None)
+
+
+@lru_cache(maxsize=4096)
+def _key_prefix(etcd_key_prefix: str, resource: str) -> bytes:
+    """The etcd key prefix of a resource's queue (cached: quoting costs more than the lookup)."""
+    return (etcd_key_prefix + quote(resource, safe="") + "/").encode()
 
 
 def _describe(kv: KeyValue) -> tuple[str, str, int]:

@@ -201,8 +201,11 @@ class GatewayClient:
 
     async def post(self, path: str, doc: dict[str, Any]) -> dict[str, Any]:
         """One request/answer round trip with the request deadline."""
+        return await self.post_body(path, _ENCODE(doc).encode())
+
+    async def post_body(self, path: str, body: bytes) -> dict[str, Any]:
+        """`post` with the JSON body already encoded."""
         self.requests += 1
-        body = _ENCODE(doc).encode()
         conn = self._pooled()
         # A CancelScope, not fail_after: fail_after's generator-based context manager costs more.
         with trio.CancelScope(deadline=trio.current_time() + self.request_timeout_s) as scope:

@@ -15,6 +15,7 @@ of its key is a fencing token: etcd revisions only grow, cluster-wide.
 from __future__ import annotations
 
 import base64
+from base64 import b64encode
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -103,7 +104,7 @@ class EtcdClient:
 
     async def delete(self, key: bytes) -> int:
         """Delete one key; the revision after the delete."""
-        doc = await self.gateway.post("/v3/kv/deleterange", {"key": _b64(key)})
+        doc = await self.gateway.post_body("/v3/kv/deleterange", b'{"key":"%s"}' % b64encode(key))
         return _revision(doc)
 
     async def put_if_absent(
@@ -113,12 +114,11 @@ class EtcdClient:
 
         Returns (created, revision of the transaction, keys under the prefix oldest first).
         """
-        compare = [{"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}]
-        put = {"request_put": {"key": _b64(key), "value": _b64(value), "lease": str(lease_id)}}
-        read = {"request_range": _range_doc(read_prefix)}
-        doc = await self.gateway.post(
-            "/v3/kv/txn", {"compare": compare, "success": [put, read], "failure": [read]}
-        )
+        # The body from a template (base64 is JSON-safe): on the lock path, cheaper than
+        # building and encoding nested dicts.
+        key64, read = b64encode(key), _RANGE % (b64encode(read_prefix), b64encode(prefix_end(read_prefix)))
+        body = _TXN % (key64, key64, b64encode(value), lease_id, read, read)
+        doc = await self.gateway.post_body("/v3/kv/txn", body)
         responses = doc.get("responses", [])
         kvs = [_kv(kv) for kv in responses[-1].get("response_range", {}).get("kvs", [])]
         return bool(doc.get("succeeded")), _revision(doc), kvs
@@ -133,6 +133,14 @@ class EtcdClient:
         create = {"create_request": {**_range_doc(prefix), "start_revision": str(start_revision)}}
         async with self.gateway.stream("/v3/watch", create) as lines:
             yield WatchStream(lines)
+
+
+_TXN = (
+    b'{"compare":[{"key":"%s","target":"CREATE","result":"EQUAL","create_revision":"0"}],'
+    b'"success":[{"request_put":{"key":"%s","value":"%s","lease":"%d"}},{"request_range":%s}],'
+    b'"failure":[{"request_range":%s}]}'
+)
+_RANGE = b'{"key":"%s","range_end":"%s","sort_order":"ASCEND","sort_target":"CREATE"}'
 
 
 def _range_doc(prefix: bytes) -> dict[str, Any]:
