@@ -132,6 +132,7 @@ class _AcceptedEnd(H2End):
             return
         conn.send_headers(stream_id, [(":status", "200"), ("content-type", "application/grpc")])
         self._stream_id = stream_id
+        self._rx_open = True
         if self._scope is not None:
             self._scope.deadline = float("inf")  # the mesh's challenge-response has its own
         self._owner_done = trio.Event()

@@ -64,7 +64,10 @@ class _DialledEnd(H2End):
         self._h2.reset_stream(_STREAM, h2.errors.ErrorCodes.CANCEL)
 
     def _event(self, event: h2.events.Event) -> bool:
-        if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+        if isinstance(event, h2.events.ResponseReceived):
+            self._headers(event.headers or [])
+            self._rx_open = True  # the acceptor's messages follow its response headers
+        elif isinstance(event, h2.events.TrailersReceived):
             self._headers(event.headers or [])
         elif isinstance(event, h2.events.StreamEnded):
             self._error = self._status_error

@@ -13,17 +13,24 @@ Theory of operation
 * Sending costs no task switch: `push` queues the message, and at the end of the current pass
   of Trio's scheduler (a Trio instrument's `before_io_wait`) every queued message is encoded into
   one DATA write and written to the socket without waiting (messages queued together go out
-  together; a lone one is never held back). Only when the kernel does not take it all does a task
-  wait for the socket to drain, and nothing more is encoded meanwhile. HTTP/2 flow control
-  (RFC 9113 §5.2) holds messages back while the peer's window is used up; a WINDOW_UPDATE
-  resumes them.
-* Receiving: one task waits for the socket, feeds h2, acknowledges the bytes at once, cuts the
+  together; a lone one is never held back). The DATA frames of the link's stream are framed here
+  (`_h2frames`), not by h2, which would cost as much CPU per small frame as the rest of the hop;
+  the flow-control windows stay h2's (decremented here as h2's `send_data` does). Only when the
+  kernel does not take it all does a task wait for the socket to drain, and nothing more is
+  encoded meanwhile. HTTP/2 flow control (RFC 9113 §5.2) holds messages back while the peer's
+  window is used up; a WINDOW_UPDATE resumes them.
+* Receiving: one task waits for the socket and cuts the bytes into HTTP/2 frames; plain DATA
+  frames of the link's open stream (no END_STREAM, not inside a header block, within our window)
+  are taken here, every other frame (and anything malformed or too long) goes to h2 in order.
+  Both acknowledge the bytes at once (here: a WINDOW_UPDATE once half the window is used, as
+  h2's own rule; a peer sending beyond the window is a FLOW_CONTROL_ERROR). It cuts the
   messages out of the DATA (each at most `max_message_bytes`; at most `PRE_AUTH_MESSAGE_BYTES`
   until the link's challenge-response has passed, so an unauthenticated peer cannot make a
   connection hold more) and hands them to `PeerStream`
   inline. While `window` messages are with the node and not consumed it stops reading, so TCP
   and HTTP/2 push back on the peer and every buffer stays bounded: the partial message (at most
-  `max_message_bytes`), h2's frame buffer (one frame; a header block of at most 64
+  `max_message_bytes`), the partial frame (at most one frame of the size we accept; a longer one
+  goes to h2 at once, which refuses it), h2's frame buffer (a header block of at most 64
   CONTINUATIONs, decoded to at most `MAX_HEADER_LIST_BYTES`), and the bytes waiting for the
   kernel (past `MAX_UNSENT_BYTES`, e.g. acks of a PING flood to a peer that does not read, the
   link is dropped). What h2 answers by itself (SETTINGS and PING acks, WINDOW_UPDATE) is written
@@ -49,17 +56,28 @@ import h2.settings
 import trio
 
 from node.errors import Unavailable
+from node.mesh._h2frames import (
+    DATA,
+    END_STREAM,
+    HEAD_BYTES,
+    PADDED,
+    data_head,
+    opens_block,
+    parse_head,
+    window_update,
+)
 from node.mesh._peer import PeerStream
-from node.mesh._peer_codec import PeerDecodeError, decode, encode_batch
+from node.mesh._peer_codec import PeerDecodeError, decode, decode_at, encode_batch
 from node.mesh._peer_model import PeerMessage
 from node.mesh._wire import PlainWire, Wire
 
 _PREFIX = struct.Struct(">BI")
 WINDOW_BYTES = 4 << 20  # as grpclib's defaults: WINDOW_UPDATE frames stay rare
 MAX_HEADER_LIST_BYTES = 8 << 10
+"""Largest decoded header list accepted (RFC 9113 §6.5.2 SETTINGS_MAX_HEADER_LIST_SIZE)."""
 PRE_AUTH_MESSAGE_BYTES = 64 << 10
 """Largest message before the peer has authenticated (HELLO, CHALLENGE, PROOF are far smaller)."""
-"""Largest decoded header list accepted (RFC 9113 §6.5.2 SETTINGS_MAX_HEADER_LIST_SIZE)."""
+_PREFACE_BYTES = 24  # the client's connection preface (RFC 9113 §3.4)
 MAX_UNSENT_BYTES = 2 * WINDOW_BYTES + (1 << 20)
 """Bytes waiting for the kernel beyond which the peer is taken to not read (the pump stops
 encoding while anything waits, so only one window's DATA plus control frames can pile up)."""
@@ -103,6 +121,15 @@ class H2End(trio.abc.Instrument):
         self._peer = peer
         self._outbox: deque[PeerMessage] = deque()
         self._held = b""  # encoded, waiting for the peer's flow-control window
+        self._held_pos = 0  # how much of `_held` is framed already
+        self._out: list[bytes] = []  # frames written around h2, after h2's earlier output
+        self._rx = b""  # the start of a frame not yet complete
+        self._rx_open = False  # the peer may send DATA on the link's stream (taken here)
+        self._rx_unacked = 0  # DATA bytes taken here and not yet given back in a WINDOW_UPDATE
+        self._in_block = False  # a header block goes on (only CONTINUATION may follow)
+        self._preface = 0 if self.client_side else _PREFACE_BYTES  # preface bytes still due
+        self._inbound = bytearray()  # the start of a message not yet complete
+        self._stalled = False  # `_cut` stopped for want of credits
         self._due = False
         self._woke = False  # the pump woke a Trio task (see before_io_wait)
         self._credits = window  # messages the node may hold unconsumed
@@ -275,22 +302,44 @@ class H2End(trio.abc.Instrument):
 
     def _encode_queued(self) -> int:
         """Encode queued messages into DATA within the peer's window; returns how many were taken."""
-        conn, outbox, taken, stream = self._h2, self._outbox, 0, self._stream_id
-        assert stream is not None
+        conn, outbox, taken, sid = self._h2, self._outbox, 0, self._stream_id
+        assert sid is not None
+        stream = conn.streams.get(sid)
+        if stream is None:
+            raise Unavailable("the link's stream is closed")
+        out = self._out
+        earlier = conn.data_to_send()
+        if earlier:
+            out.append(earlier)  # h2's frames queued before these go first
         while self._held or outbox:
             if not self._held:
                 batch = [outbox.popleft() for _ in range(min(len(outbox), _MAX_WRITE_BATCH))]
-                self._held = encode_batch(batch)
+                self._held, self._held_pos = encode_batch(batch), 0
                 taken += len(batch)
-            size = min(conn.local_flow_control_window(stream), conn.max_outbound_frame_size)
-            if size <= 0:
+            window = min(conn.outbound_flow_control_window, stream.outbound_flow_control_window)
+            if window <= 0:
                 break  # the rest waits for a WINDOW_UPDATE (RFC 9113 §6.9)
-            conn.send_data(stream, self._held[:size])
-            self._held = self._held[size:]
+            held, pos = self._held, self._held_pos
+            size = min(window, conn.max_outbound_frame_size, len(held) - pos)
+            out.append(data_head(size, sid))
+            out.append(held if size == len(held) else held[pos : pos + size])
+            # What h2's send_data does besides building frame objects: the windows shrink.
+            conn.outbound_flow_control_window -= size
+            stream.outbound_flow_control_window -= size
+            if pos + size == len(held):
+                self._held, self._held_pos = b"", 0
+            else:
+                self._held_pos = pos + size
         return taken
 
     def _write_output(self) -> None:
         data = self._h2.data_to_send()
+        out = self._out
+        if out:
+            if data:
+                out.append(data)
+            data = b"".join(out)
+            out.clear()
         if data and self._wire.write_nowait(data):
             if self._wire.pending_bytes > MAX_UNSENT_BYTES:
                 raise Unavailable("the peer does not read what this node sends")
@@ -322,46 +371,143 @@ class H2End(trio.abc.Instrument):
 
     async def _read(self) -> None:
         """Read until the peer is done with the connection."""
-        inbound = bytearray()
         while True:
             data = await self._wire.receive()
             if not data:
                 self._eof()
                 return
-            for event in self._h2.receive_data(data):
-                if isinstance(event, h2.events.DataReceived):
-                    self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-                    if event.stream_id == self._stream_id:
-                        inbound += event.data
-                        await self._messages(inbound)
-                elif self._event(event):
+            if self._preface:  # (server) h2 checks the preface itself
+                head, data = data[: self._preface], data[self._preface :]
+                self._preface -= len(head)
+                if await self._to_h2(head):
                     return
+            if self._rx:
+                data = self._rx + data
+            if await self._frames(data):
+                return
             self._write_output()
 
-    async def _messages(self, inbound: bytearray) -> None:
-        """Hand every complete message in `inbound` to the node; keep the rest."""
-        pos = 0
-        try:
-            while len(inbound) - pos >= _PREFIX.size:
-                compressed, size = _PREFIX.unpack_from(inbound, pos)
-                if compressed:
-                    raise Unavailable("the peer sent a compressed message (not supported)")
-                if size > self._max_message:
-                    raise Oversized(f"the peer sent a message of {size} bytes (limit {self._max_message})")
-                end = pos + _PREFIX.size + size
-                if end > len(inbound):
-                    break
-                message = decode(bytes(inbound[pos + _PREFIX.size : end]))
-                pos = end
-                while not self._credits:
-                    self._reader_wake = trio.Event()
-                    await self._reader_wake.wait()
-                self._reader_wake = None
-                if not self._ended:
-                    self._credits -= 1
-                    self._peer.far_deliver(message)
-        finally:
+    async def _frames(self, data: bytes) -> bool:
+        """Take the link's plain DATA frames here, hand the other frames to h2 in order; keep an
+        incomplete frame for the next read. True once the peer is done with the connection."""
+        pos, size, slow = 0, len(data), -1  # slow: where the frames for h2 start (-1: none)
+        sid, max_frame = self._stream_id, self._h2.max_inbound_frame_size
+        while size - pos >= HEAD_BYTES:
+            length, kind, flags, stream = parse_head(data, pos)
+            end = pos + HEAD_BYTES + length
+            if length > max_frame:
+                if slow < 0:
+                    slow = pos
+                pos = size  # h2 refuses it (FRAME_SIZE_ERROR) without waiting for the rest
+                break
+            if end > size:
+                break
+            if kind == DATA and stream == sid and not flags & END_STREAM and not self._in_block:
+                if slow >= 0:
+                    if await self._to_h2(data[slow:pos]):
+                        return True
+                    slow = -1
+                if self._rx_open:
+                    await self._data(data, pos + HEAD_BYTES, end, flags)
+                    pos = end
+                    continue
+            block = opens_block(kind, flags)
+            if block is not None:
+                self._in_block = block
+            if slow < 0:
+                slow = pos
+            pos = end
+        self._rx = data[pos:]
+        return slow >= 0 and await self._to_h2(data[slow:pos])
+
+    async def _data(self, data: bytes, start: int, end: int, flags: int) -> None:
+        """A DATA frame of the link's stream: flow control, then its messages."""
+        length = end - start
+        if length > WINDOW_BYTES - self._rx_unacked:
+            raise h2.exceptions.FlowControlError("the peer sent DATA beyond the window")
+        self._rx_unacked += length
+        if self._rx_unacked >= WINDOW_BYTES // 2:  # acknowledged at once, told in halves (as h2)
+            assert self._stream_id is not None
+            self._emit(window_update(0, self._rx_unacked) + window_update(self._stream_id, self._rx_unacked))
+            self._rx_unacked = 0
+        if flags & PADDED:  # RFC 9113 §6.1
+            if not length or data[start] >= length:
+                raise h2.exceptions.ProtocolError("DATA padding exceeds the frame")
+            end -= data[start]
+            start += 1
+        await self._payload(data, start, end)
+
+    def _emit(self, frames: bytes) -> None:
+        """Queue frames made here behind what h2 has queued."""
+        earlier = self._h2.data_to_send()
+        if earlier:
+            self._out.append(earlier)
+        self._out.append(frames)
+
+    async def _to_h2(self, data: bytes) -> bool:
+        """Frames for h2; True once the peer is done with the connection."""
+        for event in self._h2.receive_data(data):
+            if isinstance(event, h2.events.DataReceived):
+                self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                if event.stream_id == self._stream_id and event.data:
+                    await self._payload(event.data, 0, len(event.data))
+                continue
+            ends = isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset))
+            if ends and getattr(event, "stream_id", None) == self._stream_id:
+                self._rx_open = False  # more DATA on it is h2's to refuse
+            if self._event(event):
+                return True
+        return False
+
+    async def _payload(self, data: bytes, start: int, end: int) -> None:
+        """Hand every complete message to the node; keep the start of an incomplete one."""
+        inbound = self._inbound
+        if inbound:
+            inbound += data[start:end]
+            pos = self._cut(inbound, 0, len(inbound))
+            while self._stalled:
+                await self._wait_credit()
+                pos = self._cut(inbound, pos, len(inbound))
             del inbound[:pos]
+            return
+        pos = self._cut(data, start, end)  # straight out of the received bytes: no copy
+        while self._stalled:
+            await self._wait_credit()
+            pos = self._cut(data, pos, end)
+        if pos < end:
+            inbound += data[pos:end]
+
+    async def _wait_credit(self) -> None:
+        while not self._credits:
+            self._reader_wake = trio.Event()
+            await self._reader_wake.wait()
+        self._reader_wake = None
+
+    def _cut(self, buf: bytes | bytearray, pos: int, end: int) -> int:
+        """Deliver the complete messages in `buf[pos:end]` while credits last; returns where the
+        rest starts (`_stalled` when it stopped for want of credits)."""
+        self._stalled = False
+        while end - pos >= _PREFIX.size:
+            compressed, size = _PREFIX.unpack_from(buf, pos)
+            if compressed:
+                raise Unavailable("the peer sent a compressed message (not supported)")
+            if size > self._max_message:
+                raise Oversized(f"the peer sent a message of {size} bytes (limit {self._max_message})")
+            stop = pos + _PREFIX.size + size
+            if stop > end:
+                break
+            if not self._credits:
+                self._stalled = True
+                break
+            if type(buf) is bytes:
+                message = decode_at(buf, pos + _PREFIX.size, stop)
+            else:
+                message = decode(bytes(buf[pos + _PREFIX.size : stop]))
+            pos = stop
+            if not self._ended:
+                self._credits -= 1
+                self._peer.far_deliver(message)
+        return pos
 
     def _connection_event(self, event: h2.events.Event) -> None:
         """Events of the whole connection, the same for both ends."""

@@ -30,7 +30,12 @@ class PeerDecodeError(ValueError):
     """A peer sent bytes that are not a PeerMessage this node understands."""
 
 
+_SMALL = [bytes((i,)) for i in range(0x80)]
+
+
 def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _SMALL[value]  # frame sizes and hop counts: one byte, no bytearray
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -39,10 +44,10 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+def _read_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
     value = shift = 0
     while True:
-        if pos >= len(data) or shift > 63:
+        if pos >= end or shift > 63:
             raise PeerDecodeError("truncated varint")
         byte = data[pos]
         pos += 1
@@ -63,44 +68,56 @@ def encode_frames(message: m.Frames) -> bytes:
     return b"\x3a" + _varint(len(inner)) + inner
 
 
-def decode_frames(data: bytes) -> m.Frames | None:
-    """The fast path for a message that is exactly one `frames` field; None: use the slow path."""
-    length, pos = _read_varint(data, 1)
-    if pos + length > len(data):
+def decode_frames(data: bytes, start: int = 0, end: int | None = None) -> m.Frames | None:
+    """The fast path for a message (`data[start:end]`) that is exactly one `frames` field; None:
+    use the slow path. Each frame is one slice of `data` (the bytes the relay then passes on)."""
+    if end is None:
+        end = len(data)
+    length, pos = _read_varint(data, start + 1, end)
+    if pos + length > end:
         raise PeerDecodeError("truncated PeerFrames")  # betterproto2 would read it as empty frames
-    if pos + length != len(data):
+    if pos + length != end:
         return None  # other fields follow: let the generated parser judge
     frames: list[bytes] = []
     hops = b""
-    while pos < len(data):
-        tag, pos = _read_varint(data, pos)
-        size, pos = _read_varint(data, pos)
-        end = pos + size
-        if end > len(data):
-            raise PeerDecodeError("truncated frame in PeerFrames")
-        if tag not in (_FRAME_TAG, _HOPS_TAG):
-            return None
-        if tag == _FRAME_TAG:
-            frames.append(data[pos:end])
+    while pos < end:
+        tag = data[pos]
+        size = data[pos + 1] if pos + 1 < end else 0x80  # one-byte lengths inline (frames < 128 B)
+        if tag < 0x80 and size < 0x80:
+            pos += 2
         else:
-            hops = data[pos:end]
-        pos = end
+            tag, pos = _read_varint(data, pos, end)
+            size, pos = _read_varint(data, pos, end)
+        stop = pos + size
+        if stop > end:
+            raise PeerDecodeError("truncated frame in PeerFrames")
+        if tag == _FRAME_TAG:
+            frames.append(data[pos:stop])
+        elif tag == _HOPS_TAG:
+            hops = data[pos:stop]
+        else:
+            return None
+        pos = stop
     return m.Frames(tuple(frames), hops)
 
 
 def encode_batch(messages: list[m.PeerMessage]) -> bytes:
     """Messages as one run of gRPC length-prefixed messages (1 flag byte, 4 length bytes) for one
     DATA write; consecutive `Frames` become one `Frames` message of at most `MERGE_MAX_BYTES`."""
+    if len(messages) == 1:  # the usual case at low load: one message per pass of the scheduler
+        body = encode(messages[0])
+        return _PREFIX.pack(0, len(body)) + body
     parts: list[bytes] = []
     run: list[m.Frames] = []
     size = 0
     for message in messages:
         if type(message) is m.Frames and len(message.hops) == len(message.frames):
-            if run and size + _frames_bytes(message) > MERGE_MAX_BYTES:
+            more = _frames_bytes(message)
+            if run and size + more > MERGE_MAX_BYTES:
                 _put(parts, _merged(run))
                 run, size = [], 0
             run.append(message)
-            size += _frames_bytes(message)
+            size += more
             continue
         if run:
             _put(parts, _merged(run))
@@ -139,12 +156,18 @@ def encode(message: m.PeerMessage) -> bytes:
 
 def decode(data: bytes) -> m.PeerMessage:
     """The link message in `data`; raises PeerDecodeError for anything else."""
-    if data[:1] == b"\x3a":
-        fast = decode_frames(data)
+    return decode_at(data, 0, len(data))
+
+
+def decode_at(data: bytes, start: int, end: int) -> m.PeerMessage:
+    """The link message in `data[start:end]` (frames are sliced out without copying the rest);
+    raises PeerDecodeError for anything else."""
+    if end > start and data[start] == _FRAMES_TAG:
+        fast = decode_frames(data, start, end)
         if fast is not None:
             return fast
     try:
-        message = pb.PeerMessage.FromString(data)
+        message = pb.PeerMessage.FromString(data[start:end])
     except Exception as exc:
         raise PeerDecodeError(f"not a PeerMessage: {exc}") from None
     name, body = betterproto2.which_one_of(message, "body")
