@@ -5,9 +5,14 @@ Theory of operation
 Calls go both ways over the batched mailboxes of `_mailbox`:
 
 * **Island → Trio** (`call`, `open_stream`): a gRPC handler on the island asks for a Trio
-  coroutine function to run. The request is posted to Trio, which starts it as a task in the
-  bridge's own nursery inside a cancel scope whose deadline is the gRPC call's remaining time.
-  The outcome is posted back and resolves the handler's future. A stream call also gets pipes
+  function to run. The request is posted to Trio. A unary call's function is called right there,
+  inside the hand-over (a `run_sync_soon` callback): a plain function that answers at once is
+  done then, with no task and no cancel scope (it cannot wait, so there is nothing to cancel);
+  when it returns an awaitable (an `async def` function always does), that is awaited by a task
+  in the bridge's own nursery inside a cancel scope whose deadline is the gRPC call's remaining
+  time. A call whose deadline has already passed always takes the task path, which answers
+  DEADLINE_EXCEEDED at the first checkpoint. Either way the outcome is posted back and resolves
+  the handler's future. A stream call always runs as a task and also gets pipes
   (`_pipes`): the Trio function receives a `trio.abc.SendChannel` (to the client) and, for
   bidirectional calls, a `trio.abc.ReceiveChannel` (from the client), both credit-limited.
 * **Trio → island** (`run_on_island`, `start_island_job`): Trio code (the neighbour-service
@@ -32,7 +37,7 @@ import asyncio
 import functools
 import math
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 import outcome
 import trio
@@ -64,7 +69,7 @@ class _Call:
 
     def __init__(
         self,
-        fn: Callable[..., Awaitable[Any]],
+        fn: Callable[..., Any],
         args: tuple[Any, ...],
         timeout_s: float | None,
         future: asyncio.Future[Any],
@@ -77,6 +82,10 @@ class _Call:
         self.cancel_result: outcome.Outcome[Any] | None = None  # Trio
         self.down: ToIsland[Any] | None = None
         self.up: ToTrio[Any] | None = None
+
+
+async def _await(awaitable: Awaitable[T]) -> T:
+    return await awaitable
 
 
 class _Job:
@@ -135,16 +144,23 @@ class Bridge:
         }
 
     # Island side: calls into Trio ------------------------------------------------------------
-    def _admit(
-        self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], timeout_s: float | None
-    ) -> _Call:
+    def _admit(self, fn: Callable[..., Any], args: tuple[Any, ...], timeout_s: float | None) -> _Call:
         if self.in_flight >= self.max_in_flight:
             raise ResourceExhausted(f"more than {self.max_in_flight} calls in flight")
         self.in_flight += 1
         return _Call(fn, args, timeout_s, self.loop.create_future())
 
-    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, timeout_s: float | None) -> T:
-        """Run `await fn(*args)` in Trio and return its result (island thread).
+    @overload
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, timeout_s: float | None) -> T: ...
+
+    @overload
+    async def call(self, fn: Callable[..., T | Awaitable[T]], *args: Any, timeout_s: float | None) -> T: ...
+
+    async def call(self, fn: Callable[..., Any], *args: Any, timeout_s: float | None) -> Any:
+        """Run `fn(*args)` in Trio, awaiting its result if awaitable; return it (island thread).
+
+        A plain `fn` runs inside the hand-over (no task): it must not block, and its result must
+        not be awaitable.
 
         Raises:
             ResourceExhausted: too many calls in flight.
@@ -154,7 +170,7 @@ class Bridge:
         call = self._admit(fn, args, timeout_s)
         self.to_trio(self._trio_start, call)
         try:
-            return await call.future  # type: ignore[no-any-return]
+            return await call.future
         except asyncio.CancelledError:
             self.cancel(call)
             raise
@@ -219,7 +235,19 @@ class Bridge:
         if self._nursery is None or self._closing:
             self._trio_finish(call, _shutting_down())
             return
-        self._nursery.start_soon(self._trio_run, call, name=getattr(call.fn, "__qualname__", None))
+        name = getattr(call.fn, "__qualname__", None)
+        if call.down is None and (call.timeout_s is None or call.timeout_s > 0):
+            # A unary call runs inline; only an awaitable result costs a task (module docstring).
+            try:
+                result = call.fn(*call.args)
+            except Exception as exc:
+                self._trio_finish(call, outcome.Error(exc))
+                return
+            if not isinstance(result, Awaitable):
+                self._trio_finish(call, outcome.Value(result))
+                return
+            call.fn, call.args = _await, (result,)
+        self._nursery.start_soon(self._trio_run, call, name=name)
 
     async def _trio_run(self, call: _Call) -> None:
         result: outcome.Outcome[Any] = _shutting_down()

@@ -23,7 +23,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import grpclib.const
 import grpclib.server
@@ -67,8 +67,14 @@ class CallContext:
         deadline = self._stream.deadline
         return default if deadline is None else max(0.0, deadline.time_remaining())
 
-    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run `fn(principal, *args)` in Trio within the call's deadline."""
+    @overload
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T: ...
+
+    @overload
+    async def call(self, fn: Callable[..., T | Awaitable[T]], *args: Any) -> T: ...
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn(principal, *args)` in Trio within the call's deadline (see `Bridge.call`)."""
         timeout = self.timeout(default=self._gate.settings.default_call_timeout_s)
         return await self._gate.bridge.call(fn, self.principal, *args, timeout_s=timeout)
 

@@ -13,6 +13,8 @@ the error below, carrying the close reason.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import trio
 
 from node.auth import Action, Principal, Role
@@ -31,7 +33,7 @@ from node.errors import (
 from node.registry import Registry
 from node.relay.service import RelayService
 from node.relay.state import id_bytes, reach_of
-from node.router import DeliveryState, Outbox, Outcome, Session
+from node.router import DeliveryState, FlushHub, Outbox, Outcome, Session
 from node.rpc import model
 from store.queue import EnqueueItem
 from wire import DecodeError
@@ -107,8 +109,12 @@ class NodeRouting:
         if error is not None:
             raise error
 
-    async def send(self, who: Principal, raw: bytes) -> model.SendResult:
-        """Route one data frame and report what happened to it."""
+    def send(self, who: Principal, raw: bytes) -> model.SendResult | Awaitable[model.SendResult]:
+        """Route one data frame and report what happened to it.
+
+        A plain function so the bridge runs it inside the hand-over, with no task: it answers at
+        once, except for a DURABLE frame, whose queue commit it returns as an awaitable.
+        """
         relay = self._relay()
         frame = self._decode(raw, relay.max_payload)
         who.require(Action.ROUTE)
@@ -118,6 +124,8 @@ class NodeRouting:
         device = self.registry.get_device(who, source)  # NotFound outside the caller's scope
         relay.stats.messages_in += 1
         sender, restore = self._sender(relay, frame, device.networks, who)
+        hub = relay.hub
+        hub.active = True  # the router's inline flush (FlushHub): no writer task wakes for this
         try:
             if frame.flags & _DURABLE:
                 planned = relay.router.plan_durable(sender, frame)
@@ -125,13 +133,15 @@ class NodeRouting:
                 planned = relay.router.route(sender, frame)
         finally:
             restore()
-        outcome = await self._commit(relay, frame, planned) if isinstance(planned, EnqueueItem) else planned
-        code, recipients = outcome
-        if code < 0:
-            reason = -code
-            error = _NACK_ERRORS.get(reason, InvalidInput)
-            raise error(_NACK_DETAILS.get(reason, "refused"), nack_reason=reason)
-        return model.SendResult(frame.message_id, _STATUS[code], recipients)
+            _end_step(hub)
+        if isinstance(planned, EnqueueItem):
+            return self._send_durable(relay, frame, planned)
+        return _send_result(frame, planned)
+
+    async def _send_durable(
+        self, relay: RelayService, frame: FrameView, item: EnqueueItem
+    ) -> model.SendResult:
+        return _send_result(frame, await self._commit(relay, frame, item))
 
     @staticmethod
     def _decode(raw: bytes, max_payload: int) -> FrameView:
@@ -178,7 +188,30 @@ class NodeRouting:
         (result,) = await relay.queue.enqueue([item])
         if result.dropped:
             relay.removed_from_queue(result.dropped, NackReason.DROPPED)
-        return relay.router.deliver_committed(frame, result)
+        hub = relay.hub
+        hub.active = True
+        try:
+            return relay.router.deliver_committed(frame, result)
+        finally:
+            _end_step(hub)
+
+
+def _end_step(hub: FlushHub) -> None:
+    """End a synchronous routing step: write what it queued (as a session's reader does)."""
+    if hub.touched:
+        hub.flush()
+    else:
+        hub.active = False
+
+
+def _send_result(frame: FrameView, outcome: Outcome) -> model.SendResult:
+    """The answer to Send, or the NodeError matching the NACK."""
+    code, recipients = outcome
+    if code < 0:
+        reason = -code
+        error = _NACK_ERRORS.get(reason, InvalidInput)
+        raise error(_NACK_DETAILS.get(reason, "refused"), nack_reason=reason)
+    return model.SendResult(frame.message_id, _STATUS[code], recipients)
 
 
 class _Restore:

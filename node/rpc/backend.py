@@ -1,8 +1,10 @@
 """The seams between the gRPC router and the node: `Authenticator` and `RpcBackend`.
 
 Both are implemented by the node on the Trio side; the router calls them through the bridge.
-Every method runs as a Trio task in a cancel scope carrying the gRPC call's deadline, so a method
-that waits is cancelled when the deadline passes or the client goes away. Errors are raised as
+Every `async` method runs as a Trio task in a cancel scope carrying the gRPC call's deadline, so a
+method that waits is cancelled when the deadline passes or the client goes away. `send` may also
+be a plain function that answers at once (it then runs inside the bridge's hand-over, with no
+task: it must not block) or returns an awaitable for the cases where it must wait. Errors are raised as
 `node.errors.NodeError` subclasses and mapped once to gRPC statuses (`grpc_status` on the class);
 any other exception becomes INTERNAL with a generic message (and is logged).
 
@@ -15,6 +17,7 @@ gets UNAVAILABLE).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Protocol
 
 import trio
@@ -93,8 +96,8 @@ class RpcBackend(Protocol):
         """Send status changes into `events` until cancelled."""
         ...
 
-    async def send(self, principal: Principal, frame: bytes) -> SendResult:
-        """Route one device frame (docs/protocol.md) and report the outcome."""
+    def send(self, principal: Principal, frame: bytes) -> SendResult | Awaitable[SendResult]:
+        """Route one device frame (docs/protocol.md) and report the outcome (or an awaitable of it)."""
         ...
 
     async def connect(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import trio
@@ -276,8 +277,10 @@ class NodeBackend:
         return model.StatusEvent(change.device_id, network, status, previous, change.at)  # type: ignore[arg-type]
 
     # -- routing --------------------------------------------------------------------------------
-    async def send(self, principal: model.Principal, frame: bytes) -> model.SendResult:
-        return await self.routing.send(node_principal(principal), frame)
+    def send(
+        self, principal: model.Principal, frame: bytes
+    ) -> model.SendResult | Awaitable[model.SendResult]:
+        return self.routing.send(node_principal(principal), frame)
 
     async def connect(
         self,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import replace
 
 import trio
@@ -228,10 +228,15 @@ class MemoryBackend:
                     channel.send_nowait(event)
 
     # Routing -------------------------------------------------------------------------------
-    async def send(self, principal: Principal, frame: bytes) -> model.SendResult:
+    def send(self, principal: Principal, frame: bytes) -> model.SendResult | Awaitable[model.SendResult]:
+        """Acknowledge at once, as a plain function (no task), or after `delay_s` when set."""
+        if self.delay_s > 0:
+            return self._send_later(frame)
+        return _ack(frame)
+
+    async def _send_later(self, frame: bytes) -> model.SendResult:
         await self._pause()
-        message_id = int.from_bytes(frame[4:12], "big") if len(frame) >= 12 else 0
-        return model.SendResult(message_id, "delivered", 1)
+        return _ack(frame)
 
     async def connect(
         self,
@@ -424,3 +429,8 @@ class _Locks:
             if change.resource.startswith(prefix):
                 with contextlib.suppress(trio.WouldBlock):
                     channel.send_nowait(change)
+
+
+def _ack(frame: bytes) -> model.SendResult:
+    message_id = int.from_bytes(frame[4:12], "big") if len(frame) >= 12 else 0
+    return model.SendResult(message_id, "delivered", 1)

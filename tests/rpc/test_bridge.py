@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -35,6 +36,89 @@ async def test_calls_run_in_trio_and_return_or_raise() -> None:
 
     async with open_island() as island:
         assert await island.run(island_side, island) == (42, "no such thing")
+
+
+def _plain_double(x: int) -> int:
+    return 2 * x
+
+
+def _plain_missing(_: int) -> int:
+    raise NotFound("no such thing")
+
+
+async def test_plain_functions_answer_inside_the_hand_over_without_a_task() -> None:
+    tasks: list[trio.lowlevel.Task] = []
+
+    def recording_double(x: int) -> int:
+        tasks.append(trio.lowlevel.current_task())
+        return _plain_double(x)
+
+    async def island_side(island: Island) -> tuple[int, int, str]:
+        value = await island.bridge.call(recording_double, 21, timeout_s=5)
+        untimed = await island.bridge.call(recording_double, 4, timeout_s=None)
+        try:
+            await island.bridge.call(_plain_missing, 1, timeout_s=5)
+        except NotFound as exc:
+            return value, untimed, exc.detail
+        raise AssertionError("expected NotFound")
+
+    async with open_island() as island:
+        assert await island.run(island_side, island) == (42, 8, "no such thing")
+        assert island.statistics()["in_flight"] == 0
+    # Both ran in Trio's run_sync_soon task, not in a task of their own.
+    assert len(tasks) == 2
+    assert tasks[0] is tasks[1]
+
+
+async def test_a_plain_function_may_return_an_awaitable_that_keeps_the_deadline() -> None:
+    cancelled = trio.Event()
+
+    async def sleeper() -> int:
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            cancelled.set()
+            raise
+        return 1
+
+    def maybe_wait(wait: bool) -> int | Awaitable[int]:
+        return sleeper() if wait else 7
+
+    async def island_side(island: Island) -> tuple[int, str]:
+        now = await island.bridge.call(maybe_wait, False, timeout_s=5)
+        try:
+            await island.bridge.call(maybe_wait, True, timeout_s=0.05)
+        except DeadlineExceeded:
+            return now, "deadline"
+        return now, "returned"
+
+    async with open_island() as island:
+        assert await island.run(island_side, island) == (7, "deadline")
+        assert cancelled.is_set()
+
+
+async def test_a_call_whose_deadline_passed_before_it_reached_trio_is_not_run() -> None:
+    ran: list[int] = []
+
+    def record(x: int) -> int:
+        ran.append(x)
+        return x
+
+    async def island_side(island: Island) -> str:
+        try:
+            await island.bridge.call(_checkpoint_then, record, 1, timeout_s=0)
+        except DeadlineExceeded:
+            return "deadline"
+        return "returned"
+
+    async with open_island() as island:
+        assert await island.run(island_side, island) == "deadline"
+    assert ran == []
+
+
+async def _checkpoint_then(fn: Callable[[int], int], x: int) -> int:
+    await trio.lowlevel.checkpoint()
+    return fn(x)
 
 
 async def test_a_trio_call_past_its_deadline_is_cancelled() -> None:
