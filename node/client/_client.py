@@ -10,8 +10,8 @@ HEARTBEATs, routes ACK/NACK answers to the `send` that waits for them, hands rec
 to the application in order (dropping duplicates by (source, message id)), answers DELIVERED for
 DURABLE ones once the application has taken them, and reconnects with exponential backoff and
 jitter, except when the node ended the session for good (4000 replaced, 4001, 4002, 4003).
-Lock requests go through `client.locks` (node.client._locks). The WebSocket protocol is wsproto,
-driven by the reading task itself (node.client._ws says why not trio-websocket).
+Lock requests go through `client.locks` (node.client._locks). The WebSocket protocol is the
+client's own RFC 6455 codec, driven by the reading task itself (node.client._ws says why).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from functools import partial
 import pytest
 import trio
 
-from node.client._ws import ClientWebSocket, WsClosed, WsRejected
+from node.client._ws import ClientWebSocket, WsClosed, WsHandshakeError, WsRejected, encode_client_frame
 from wire.ws import accept_key, unmask_python
 
 TIMEOUT_S = 5
@@ -187,3 +187,158 @@ async def test_a_refused_upgrade_reports_its_status() -> None:
     except* WsRejected as group:
         statuses = [exc.status for exc in group.exceptions if isinstance(exc, WsRejected)]
     assert statuses == [401]
+
+
+# -- the client's own codec: frames the node's engine never sends -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (bytes((0x82, 0x82)) + b"mask" + b"ab", 1002),  # a masked server frame (§5.1)
+        (bytes((0xC2, 0x01)) + b"a", 1002),  # RSV1 without an extension
+        (bytes((0x83, 0x00)), 1002),  # unknown data opcode
+        (bytes((0x8B, 0x00)), 1002),  # unknown control opcode
+        (bytes((0x09, 0x00)), 1002),  # a fragmented ping
+        (bytes((0x89, 0x7E, 0x00, 0x7E)) + bytes(126), 1002),  # a ping over 125 bytes
+        (bytes((0x80, 0x01)) + b"a", 1002),  # a continuation without a message
+        (bytes((0x02, 0x01)) + b"a" + bytes((0x82, 0x01)) + b"b", 1002),  # new message mid-fragment
+        (bytes((0x82, 0x7F)) + struct.pack("!Q", 1 << 63), 1002),  # 64-bit length, top bit set
+        (bytes((0x81, 0x02)) + b"\xc3\x28", 1007),  # invalid UTF-8 text
+        (bytes((0x88, 0x01)) + b"x", 1002),  # a close payload of one byte
+        (bytes((0x88, 0x02)) + struct.pack("!H", 1005), 1002),  # a close code never sent (§7.4.1)
+        (bytes((0x88, 0x04)) + struct.pack("!H", 1000) + b"\xff\xfe", 1007),  # a bad close reason
+    ],
+)
+async def test_protocol_violations_close_with_their_code(raw: bytes, code: int) -> None:
+    answer: list[tuple[int, bytes, bool]] = []
+
+    async def server(stream: trio.SocketStream, request: bytes) -> None:
+        await stream.send_all(raw)
+        answer.append(await read_client_frame(stream, bytearray()))
+
+    async with connected(server) as ws:
+        with trio.fail_after(TIMEOUT_S), pytest.raises(WsClosed) as closed:
+            await ws.receive()
+        assert closed.value.code == code
+        with pytest.raises(WsClosed):
+            await ws.send(b"after the close")
+    assert answer[0][0] == 0x8 and answer[0][1][:2] == struct.pack("!H", code)
+
+
+async def test_lengths_of_every_size_byte_by_byte_and_in_one_segment() -> None:
+    sizes = [0, 1, 125, 126, 65535, 65536, 70000]
+
+    def big(payload: bytes) -> bytes:
+        if len(payload) < 0x10000:
+            return frame(0x2, payload)
+        return struct.pack("!BBQ", 0x82, 127, len(payload)) + payload
+
+    async def server(stream: trio.SocketStream, request: bytes) -> None:
+        wire = b"".join(big(bytes([n % 251]) * n) for n in sizes)
+        await stream.send_all(wire[:200])
+        for i in range(200, 400):  # byte by byte through the headers of the first frames
+            await stream.send_all(wire[i : i + 1])
+        await stream.send_all(wire[400:])
+        await trio.sleep_forever()
+
+    async with connected(server, max_bytes=1 << 17) as ws:
+        with trio.fail_after(TIMEOUT_S):
+            for n in sizes:
+                assert await ws.receive() == bytes([n % 251]) * n
+
+
+async def test_an_empty_close_is_1005_and_answered_empty() -> None:
+    answer: list[tuple[int, bytes, bool]] = []
+
+    async def server(stream: trio.SocketStream, request: bytes) -> None:
+        await stream.send_all(frame(0x8, b""))
+        answer.append(await read_client_frame(stream, bytearray()))
+
+    async with connected(server) as ws:
+        with trio.fail_after(TIMEOUT_S), pytest.raises(WsClosed) as closed:
+            await ws.receive()
+        assert closed.value.code == 1005
+    assert answer == [(0x8, b"", True)]
+
+
+async def test_our_close_is_answered_and_reported() -> None:
+    async def server(stream: trio.SocketStream, request: bytes) -> None:
+        opcode, payload, masked = await read_client_frame(stream, bytearray())
+        assert (opcode, payload, masked) == (0x8, struct.pack("!H", 1000) + b"bye", True)
+        await stream.send_all(frame(0x8, payload))
+
+    async with connected(server) as ws:
+        await ws.aclose(1000, "bye")
+        with pytest.raises(WsClosed):
+            await ws.send(b"after aclose")
+        with trio.fail_after(TIMEOUT_S), pytest.raises(WsClosed) as closed:
+            await ws.receive()
+        assert (closed.value.code, closed.value.reason) == (1000, "bye")
+
+
+def test_client_frames_are_masked_with_fresh_keys_and_decode_back() -> None:
+    for size in (0, 125, 126, 65535, 65536):
+        payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        one, two = encode_client_frame(0x2, payload), encode_client_frame(0x2, payload)
+        assert one[0] == 0x82 and one[1] & 0x80
+        start = 2 + {125: 0, 126: 2, 127: 8}[max(one[1] & 0x7F, 125)]
+        assert unmask_python(one[start + 4 :], one[start : start + 4]) == payload
+        assert one[start : start + 4] != two[start : start + 4] or size == 0
+
+
+@asynccontextmanager
+async def upgraded(answer: bytes) -> AsyncIterator[ClientWebSocket]:
+    """A client whose upgrade request is answered with `answer` (ACCEPT: the right key)."""
+
+    async def serve(stream: trio.SocketStream) -> None:
+        async with stream:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += await stream.receive_some(4096)
+            key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
+                       if line.lower().startswith(b"sec-websocket-key:"))  # fmt: skip
+            await stream.send_all(answer.replace(b"ACCEPT", accept_key(key.decode()).encode()))
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+        stream = await trio.open_tcp_stream("127.0.0.1", listeners[0].socket.getsockname()[1])
+        ws = ClientWebSocket(stream, max_message_bytes=100)
+        try:
+            with trio.fail_after(TIMEOUT_S):
+                await ws.handshake("h", "/", [])
+            yield ws
+        finally:
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
+UPGRADE = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        UPGRADE + b"Sec-WebSocket-Accept: d3JvbmcgYWNjZXB0IGtleSE=\r\n\r\n",
+        UPGRADE + b"\r\n",  # no accept key
+        UPGRADE + b"Sec-WebSocket-Accept: ACCEPT\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+        UPGRADE + b"Sec-WebSocket-Accept: ACCEPT\r\nSec-WebSocket-Protocol: chat\r\n\r\n",
+        b"HTTP/1.1 101 OK\r\nUpgrade: h2c\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ACCEPT\r\n\r\n",
+        b"HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: keep-alive\r\nSec-WebSocket-Accept: ACCEPT\r\n\r\n",
+        UPGRADE + b"Sec-WebSocket-Accept : ACCEPT\r\n\r\n",  # whitespace before the colon
+        b"HTTP/1.0 101 OK\r\n\r\n",
+        b"HTTP/1.1 101 OK\r\n" + b"X: " + b"a" * (17 << 10),  # never ends, too large
+    ],
+)
+async def test_bad_upgrade_answers_fail_the_handshake(answer: bytes) -> None:
+    with pytest.RaisesGroup(WsHandshakeError, flatten_subgroups=True):
+        async with upgraded(answer):
+            raise AssertionError("the handshake passed")
+
+
+async def test_frames_in_the_same_segment_as_the_upgrade_answer_are_kept() -> None:
+    answer = UPGRADE + b"sec-websocket-accept:ACCEPT\r\nconnection: keep-alive, upgrade\r\n\r\n"
+    async with upgraded(answer + frame(0x2, b"welcome")) as ws:
+        with trio.fail_after(TIMEOUT_S):
+            assert await ws.receive() == b"welcome"
