@@ -204,7 +204,7 @@ class ToTrio(Generic[T]):
         # Trio thread only.
         self._items: deque[T] = deque()
         self._end: EndOfPipe | None = None
-        self._wait: trio.Event | None = None
+        self._reader: trio.lowlevel.Task | None = None
         self._consumed = 0
         self._receive_closed = False
         self.receiver = _TrioReceiver(self)
@@ -254,9 +254,15 @@ class ToTrio(Generic[T]):
         self._wake_reader()
 
     def _wake_reader(self) -> None:
-        if self._wait is not None:
-            self._wait.set()
-            self._wait = None
+        # A direct reschedule, not a trio.Event per wait: this runs once per message.
+        reader = self._reader
+        if reader is not None:
+            self._reader = None
+            trio.lowlevel.reschedule(reader)
+
+    def _abort_wait(self, _: object) -> trio.lowlevel.Abort:
+        self._reader = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     async def _receive(self) -> T:
         if self._items:  # like Trio's memory channels: a checkpoint, one scheduling round
@@ -272,8 +278,10 @@ class ToTrio(Generic[T]):
                 if self._end.error is not None:
                     raise self._end.error
                 raise trio.EndOfChannel
-            self._wait = trio.Event()
-            await self._wait.wait()
+            if self._reader is not None:
+                raise trio.BusyResourceError("another task is already receiving")
+            self._reader = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
         return self._take()
 
     def _receive_nowait(self) -> T:

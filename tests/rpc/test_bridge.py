@@ -75,7 +75,7 @@ async def test_a_plain_function_may_return_an_awaitable_that_keeps_the_deadline(
 
     async def sleeper() -> int:
         try:
-            await trio.sleep_forever()
+            await trio.sleep(3600)
         except trio.Cancelled:
             cancelled.set()
             raise
@@ -258,6 +258,31 @@ async def test_island_to_trio_pipe_applies_backpressure_and_carries_errors() -> 
         with pytest.raises(Unavailable, match="far side broke"):
             await pipe.receiver.receive()
         await job.done.wait()
+
+
+async def test_a_trio_reader_cancelled_while_waiting_loses_nothing() -> None:
+    async with open_island(window=4) as island:
+        bridge = island.bridge
+        pipe: ToTrio[int] = ToTrio(bridge, bridge.loop, bridge.window)
+        with trio.move_on_after(0.05) as scope:
+            await pipe.receiver.receive()
+        assert scope.cancelled_caught
+
+        async def second_reader_is_refused() -> None:
+            with pytest.raises(trio.BusyResourceError):
+                await pipe.receiver.receive()
+
+        received: list[int] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_receive_into, pipe, received)
+            await trio.testing.wait_all_tasks_blocked()
+            await second_reader_is_refused()
+            assert await island.run(pipe.put, 7)
+        assert received == [7]
+
+
+async def _receive_into(pipe: ToTrio[int], received: list[int]) -> None:
+    received.append(await pipe.receiver.receive())
 
 
 async def test_a_closed_trio_reader_stops_the_island_writer() -> None:
