@@ -20,17 +20,18 @@ Theory of operation
   encoded meanwhile. HTTP/2 flow control (RFC 9113 §5.2) holds messages back while the peer's
   window is used up; a WINDOW_UPDATE resumes them.
 * Receiving: one task waits for the socket and cuts the bytes into HTTP/2 frames; plain DATA
-  frames of the link's open stream (no END_STREAM, not inside a header block, within our window)
+  frames of the link's open stream (no END_STREAM, not inside a header block)
   are taken here, every other frame (and anything malformed or too long) goes to h2 in order.
   Both acknowledge the bytes at once (here: a WINDOW_UPDATE once half the window is used, as
-  h2's own rule; a peer sending beyond the window is a FLOW_CONTROL_ERROR). It cuts the
+  h2's own rule, so the window left never drops below half of it). It cuts the
   messages out of the DATA (each at most `max_message_bytes`; at most `PRE_AUTH_MESSAGE_BYTES`
   until the link's challenge-response has passed, so an unauthenticated peer cannot make a
   connection hold more) and hands them to `PeerStream`
   inline. While `window` messages are with the node and not consumed it stops reading, so TCP
   and HTTP/2 push back on the peer and every buffer stays bounded: the partial message (at most
-  `max_message_bytes`), the partial frame (at most one frame of the size we accept; a longer one
-  goes to h2 at once, which refuses it), h2's frame buffer (a header block of at most 64
+  `max_message_bytes`), the partial frame (at most one frame of the size we accept: a frame
+  header announcing a longer one ends the connection with FRAME_SIZE_ERROR at once, RFC 9113
+  §4.2), h2's frame buffer (a header block of at most 64
   CONTINUATIONs, decoded to at most `MAX_HEADER_LIST_BYTES`), and the bytes waiting for the
   kernel (past `MAX_UNSENT_BYTES`, e.g. acks of a PING flood to a peer that does not read, the
   link is dropped). What h2 answers by itself (SETTINGS and PING acks, WINDOW_UPDATE) is written
@@ -259,8 +260,9 @@ class H2End(trio.abc.Instrument):
         if self._error is None:
             self._error = unavailable(error)
             with contextlib.suppress(*LINK_ERRORS):
-                self._abort_stream(self._error)
-                self._write_output()
+                self._abort_stream(self._error)  # (refused by h2 once it closed the connection)
+            with contextlib.suppress(*LINK_ERRORS):
+                self._write_output()  # e.g. h2's GOAWAY after a protocol error
         self.end(self._error)
         self._stream_ended.set()
         self._woke = True
@@ -391,23 +393,21 @@ class H2End(trio.abc.Instrument):
         """Take the link's plain DATA frames here, hand the other frames to h2 in order; keep an
         incomplete frame for the next read. True once the peer is done with the connection."""
         pos, size, slow = 0, len(data), -1  # slow: where the frames for h2 start (-1: none)
-        sid, max_frame = self._stream_id, self._h2.max_inbound_frame_size
+        max_frame = self._h2.max_inbound_frame_size
         while size - pos >= HEAD_BYTES:
             length, kind, flags, stream = parse_head(data, pos)
             end = pos + HEAD_BYTES + length
-            if length > max_frame:
-                if slow < 0:
-                    slow = pos
-                pos = size  # h2 refuses it (FRAME_SIZE_ERROR) without waiting for the rest
-                break
+            if length > max_frame:  # refused before it is buffered (h2 would wait for all of it)
+                self._h2.close_connection(h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
+                raise h2.exceptions.FrameTooLargeError(f"the peer sent a frame of {length} bytes")
             if end > size:
                 break
-            if kind == DATA and stream == sid and not flags & END_STREAM and not self._in_block:
-                if slow >= 0:
+            if kind == DATA and not flags & END_STREAM and not self._in_block:
+                if slow >= 0:  # h2 first: the frames before may open the stream
                     if await self._to_h2(data[slow:pos]):
                         return True
                     slow = -1
-                if self._rx_open:
+                if stream == self._stream_id and self._rx_open:
                     await self._data(data, pos + HEAD_BYTES, end, flags)
                     pos = end
                     continue
@@ -423,10 +423,11 @@ class H2End(trio.abc.Instrument):
     async def _data(self, data: bytes, start: int, end: int, flags: int) -> None:
         """A DATA frame of the link's stream: flow control, then its messages."""
         length = end - start
-        if length > WINDOW_BYTES - self._rx_unacked:
-            raise h2.exceptions.FlowControlError("the peer sent DATA beyond the window")
+        # Acknowledged at once, told once half the window is used (h2's rule): the window left
+        # is never below half of it, far more than a frame, so a peer cannot overrun it (what it
+        # sends waits in the kernel once the node stops reading for want of credits).
         self._rx_unacked += length
-        if self._rx_unacked >= WINDOW_BYTES // 2:  # acknowledged at once, told in halves (as h2)
+        if self._rx_unacked >= WINDOW_BYTES // 2:
             assert self._stream_id is not None
             self._emit(window_update(0, self._rx_unacked) + window_update(self._stream_id, self._rx_unacked))
             self._rx_unacked = 0
