@@ -354,13 +354,16 @@ class DeviceClient:
             return None
         waiter = self._waiters[message_id] = Pending[Ack]()
         try:
-            await ws.send(frame)
-            with trio.fail_after(self.settings.ack_timeout_s):
+            await ws.send(frame, then_waits=True)
+            # A CancelScope, not fail_after: the generator-based context manager costs more.
+            with trio.CancelScope(deadline=trio.current_time() + self.settings.ack_timeout_s) as scope:
                 await waiter.done.wait()
         except WsClosed:
             raise ConnectionLost("the connection closed while sending") from None
         finally:
             del self._waiters[message_id]
+        if scope.cancelled_caught:
+            raise trio.TooSlowError
         return waiter.outcome()
 
     async def control(self, message: Any, *, ack: bool = True) -> Ack | None:

@@ -114,12 +114,18 @@ class LockCalls:
         message_id = client._new_id()
         call = self._calls[message_id] = _Call(answers=answers, on_queued=on_queued)
         try:
+            frame = encode_control(request, message_id=message_id, source=client.device_id)
             try:
-                await ws.send(encode_control(request, message_id=message_id, source=client.device_id))
+                await ws.send(frame, then_waits=True)
             except WsClosed:
                 raise ConnectionLost("the connection closed while sending") from None
-            with trio.fail_after(wait_s + client.settings.ack_timeout_s):
+            # A CancelScope, not fail_after: the generator-based context manager costs more.
+            with trio.CancelScope(
+                deadline=trio.current_time() + wait_s + client.settings.ack_timeout_s
+            ) as scope:
                 await call.done.wait()
+            if scope.cancelled_caught:
+                raise trio.TooSlowError
         finally:
             del self._calls[message_id]
         return call.outcome()

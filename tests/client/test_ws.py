@@ -13,6 +13,7 @@ from functools import partial
 
 import pytest
 import trio
+import trio.testing
 
 from node.client._ws import ClientWebSocket, WsClosed, WsHandshakeError, WsRejected, encode_client_frame
 from wire.ws import accept_key, unmask_python
@@ -342,3 +343,64 @@ async def test_frames_in_the_same_segment_as_the_upgrade_answer_are_kept() -> No
     async with upgraded(answer + frame(0x2, b"welcome")) as ws:
         with trio.fail_after(TIMEOUT_S):
             assert await ws.receive() == b"welcome"
+
+
+async def read_big_client_frame(stream: trio.SocketStream, buf: bytearray) -> tuple[int, bytes]:
+    """(opcode, unmasked payload) of the next client frame, any length."""
+
+    async def need(n: int) -> None:
+        while len(buf) < n:
+            data = await stream.receive_some(1 << 16)
+            assert data, "the client closed the connection"
+            buf.extend(data)
+
+    await need(2)
+    length, start = buf[1] & 0x7F, 2
+    if length == 126:
+        await need(4)
+        length, start = struct.unpack_from("!H", buf, 2)[0], 4
+    elif length == 127:
+        await need(10)
+        length, start = struct.unpack_from("!Q", buf, 2)[0], 10
+    await need(start + 4 + length)
+    payload = unmask_python(bytes(buf[start + 4 : start + 4 + length]), bytes(buf[start : start + 4]))
+    opcode = buf[0] & 0x0F
+    del buf[: start + 4 + length]
+    return opcode, payload
+
+
+async def test_a_frame_the_socket_cannot_take_at_once_goes_out_whole_and_alone() -> None:
+    big = bytes(range(256)) * (32 << 10)  # 8 MiB: more than a loopback socket buffer holds
+    got: list[tuple[int, bytes]] = []
+    reading = trio.Event()
+
+    async def server(stream: trio.SocketStream, request: bytes) -> None:
+        await reading.wait()
+        buf = bytearray()
+        got.append(await read_big_client_frame(stream, buf))
+        got.append(await read_big_client_frame(stream, buf))
+        await stream.send_all(frame(0x2, b"done"))
+
+    async with connected(server) as ws, trio.open_nursery() as nursery:
+        with trio.fail_after(TIMEOUT_S):
+            nursery.start_soon(partial(ws.send, big, then_waits=True))
+            await trio.testing.wait_all_tasks_blocked()
+            assert ws._send_lock.locked()  # the big send is parked on a full socket, holding it
+            nursery.start_soon(ws.send, b"small")
+            await trio.testing.wait_all_tasks_blocked()
+            reading.set()
+            assert await ws.receive() == b"done"
+    assert got == [(0x2, big), (0x2, b"small")]
+
+
+async def test_sending_on_a_closed_stream_is_ws_closed() -> None:
+    async def server(stream: trio.SocketStream, request: bytes) -> None:
+        await trio.sleep_forever()
+
+    async with connected(server) as ws:
+        await ws._stream.aclose()
+        for then_waits in (True, False):
+            with pytest.raises(WsClosed):
+                await ws.send(b"x", then_waits=then_waits)
+        with pytest.raises(trio.ClosedResourceError):
+            await ws.receive()
