@@ -69,7 +69,8 @@ async def register(stream: Any) -> None:
             raise RuntimeError(f"REGISTER refused: {reply.frame[48:]!r}")
 
 
-def summary(samples_ns: list[int], elapsed_s: float, count: int) -> dict[str, float]:
+def summary(samples_ns: list[int], elapsed_s: float, count: int, cpu_s: float) -> dict[str, float]:
+    """Latency percentiles, rate, and this client's own CPU seconds over the measured part."""
     ordered = sorted(samples_ns)
 
     def pct(p: float) -> float:
@@ -83,6 +84,7 @@ def summary(samples_ns: list[int], elapsed_s: float, count: int) -> dict[str, fl
         "max_us": ordered[-1] / 1000 if ordered else 0.0,
         "rate_per_s": count / elapsed_s if elapsed_s else 0.0,
         "elapsed_s": elapsed_s,
+        "client_cpu_s": cpu_s,
     }
 
 
@@ -110,7 +112,7 @@ async def _drain(stream: Any) -> None:
 async def _unary(channel: Channel, count: int, warmup: int, size: int) -> dict[str, float]:
     stub = pb.RoutingStub(channel, timeout=5, metadata=METADATA)
     samples = []
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for i in range(warmup + count):
         t0 = time.perf_counter_ns()
         ack = await stub.send(pb.SendRequest(frame=frame(i, size)))
@@ -119,8 +121,8 @@ async def _unary(channel: Channel, count: int, warmup: int, size: int) -> dict[s
         if i >= warmup:
             samples.append(t1 - t0)
         if i == warmup - 1:
-            start = time.perf_counter()
-    return summary(samples, time.perf_counter() - start, count)
+            start, cpu = time.perf_counter(), time.process_time()
+    return summary(samples, time.perf_counter() - start, count, time.process_time() - cpu)
 
 
 async def pingpong(channel: Channel, count: int, warmup: int, size: int) -> dict[str, float]:
@@ -130,7 +132,7 @@ async def pingpong(channel: Channel, count: int, warmup: int, size: int) -> dict
     ) as stream:
         await stream.send_request()
         await register(stream)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for i in range(warmup + count):
             payload = frame(i, size)
             t0 = time.perf_counter_ns()
@@ -142,12 +144,12 @@ async def pingpong(channel: Channel, count: int, warmup: int, size: int) -> dict
             if i >= warmup:
                 samples.append(t1 - t0)
             if i == warmup - 1:
-                start = time.perf_counter()
-        elapsed = time.perf_counter() - start
+                start, cpu = time.perf_counter(), time.process_time()
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         await stream.end()
         async for _ in stream:
             pass
-    return summary(samples, elapsed, count)
+    return summary(samples, elapsed, count, cpu)
 
 
 async def throughput(channel: Channel, count: int, size: int) -> dict[str, float]:
@@ -162,15 +164,15 @@ async def throughput(channel: Channel, count: int, size: int) -> dict[str, float
                 await stream.send_message(pb.ConnectFrame(frame=frame(i, size)))
             await stream.end()
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         sender = asyncio.get_running_loop().create_task(send_all())
         received = 0
         async for _ in stream:
             received += 1
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         await sender
     assert received == count, (received, count)
-    return summary([], elapsed, count)
+    return summary([], elapsed, count, cpu)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

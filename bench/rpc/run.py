@@ -8,7 +8,8 @@ against the same client process (bench/rpc/client.py: grpclib on uvloop):
 - unary: sequential Routing.Send calls (64 B frame) -> p50/p90/p99/p99.9/max µs;
 - pingpong: one Routing.Connect stream, one frame out, its echo back -> latency;
 - stream: one Connect stream, --stream-count frames pipelined -> echoed messages per second.
-Also reports the server's CPU seconds during the client run (/proc/PID/stat utime+stime).
+Also reports the server's CPU seconds during the client run (/proc/PID/stat utime+stime) and the
+client's own CPU over its measured part as % of one core (near 100: the client is the limit).
 Targets (issue 4): p50 and p99 within 1.1x of the plain server; >= 15k msg/s on one stream.
 Every run goes to bench/results/rpc-<time>.jsonl; the table shows medians over rounds.
 Loopback only; each server runs in its own process group and is stopped after its run.
@@ -108,7 +109,8 @@ def table(runs: list[dict[str, Any]], servers: list[str], modes: list[str]) -> s
     rounds = len(runs) // max(1, len(servers) * len(modes))
     lines = [
         f"{'mode':9} {'server':13} {'p50':>7} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>8}"
-        f" {'msg/s':>8} {'cpu s':>6}   (µs, medians of {rounds} rounds)"
+        f" {'msg/s':>8} {'cpu s':>6} {'cli %':>5}   (µs, medians of {rounds} rounds; cli %: the client's"
+        " CPU over the measured part, % of one core)"
     ]
     for mode in modes:
         medians: dict[str, dict[str, float]] = {}
@@ -117,9 +119,11 @@ def table(runs: list[dict[str, Any]], servers: list[str], modes: list[str]) -> s
             keys = ("p50_us", "p90_us", "p99_us", "p999_us", "max_us", "rate_per_s", "server_cpu_s")
             medians[kind] = {k: statistics.median(r[k] for r in mine) for k in keys}
             m = medians[kind]
+            busy = statistics.median(100 * r.get("client_cpu_s", 0.0) / r["elapsed_s"] for r in mine)
             lines.append(
                 f"{mode:9} {kind:13} {m['p50_us']:7.0f} {m['p90_us']:7.0f} {m['p99_us']:7.0f}"
                 f" {m['p999_us']:7.0f} {m['max_us']:8.0f} {m['rate_per_s']:8.0f} {m['server_cpu_s']:6.2f}"
+                f" {busy:5.0f}"
             )
         if "asgard" in medians and "plain" in medians:
             a, p = medians["asgard"], medians["plain"]

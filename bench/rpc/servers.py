@@ -21,6 +21,8 @@ import signal
 import sys
 from typing import Any
 
+from grpclib.const import Cardinality, Handler
+
 from protos.gen.asgard import v1 as pb
 
 TOKEN = "asg_bench"
@@ -29,9 +31,7 @@ TOKEN = "asg_bench"
 class PlainRouting:
     """The reference: acks and echoes inside the asyncio loop, written as plain grpclib handlers."""
 
-    def __mapping__(self) -> dict[str, object]:
-        from grpclib.const import Cardinality, Handler
-
+    def __mapping__(self) -> dict[str, Handler]:
         return {
             "/asgard.v1.Routing/Send": Handler(
                 self.send, Cardinality.UNARY_UNARY, pb.SendRequest, pb.SendAck

@@ -213,6 +213,30 @@ async def test_connect_and_websocket_devices_exchange_frames_both_ways(
         assert await session.end() is None  # a half-close ends the session normally (1000 -> OK)
 
 
+async def test_unary_send_to_a_connect_session_arrives_in_order_direct_and_durable(
+    env: RelayEnv, grpc_client: Client
+) -> None:
+    sender, receiver = await env.device(), await env.device()
+    await (await env.client(sender)).aclose()  # registered; Send speaks for it
+    session = await open_connect(grpc_client, receiver)
+    stubs = grpc_client.stubs.routing
+    try:
+        for i, flags in enumerate((0, Flags.DURABLE, 0, Flags.DURABLE)):
+            frame = data_frame(sender.device_id, receiver.device_id, b"n%d" % i, 20 + i, flags)
+            sent = await grpc_client.call(
+                grpc_client.routing.Send, stubs.SendRequest(frame=frame), metadata=bearer(sender.token)
+            )
+            assert (sent.message_id, sent.status, sent.recipients) == (
+                20 + i,
+                stubs.DELIVERY_STATUS_DELIVERED,
+                1,
+            )
+        got = [await session.receive_type(FrameType.DIRECT) for _ in range(4)]
+        assert [(f.message_id, f.payload) for f in got] == [(20 + i, b"n%d" % i) for i in range(4)]
+    finally:
+        assert await session.end() is None
+
+
 async def test_durable_frames_reach_an_offline_connect_device_on_reconnect(
     env: RelayEnv, grpc_client: Client
 ) -> None:
