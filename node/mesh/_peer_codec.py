@@ -59,6 +59,11 @@ def _read_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
 
 def encode_frames(message: m.Frames) -> bytes:
     """`PeerMessage{frames: PeerFrames{frames, hops}}` without the generated code."""
+    frames, hops = message.frames, message.hops
+    if len(frames) == 1 and len(hops) == 1:  # one forwarded frame: one join, no list to grow
+        head = b"\x0a" + _varint(len(frames[0]))
+        size = len(head) + len(frames[0]) + 3
+        return b"".join((b"\x3a", _varint(size), head, frames[0], b"\x12\x01", hops))
     parts: list[bytes] = []
     for frame in message.frames:
         parts += (b"\x0a", _varint(len(frame)), frame)

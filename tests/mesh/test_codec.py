@@ -7,7 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from node.mesh import _peer_model as m
-from node.mesh._peer_codec import MERGE_MAX_BYTES, PeerDecodeError, decode, encode, encode_batch
+from node.mesh._peer_codec import (
+    MERGE_MAX_BYTES,
+    PeerDecodeError,
+    decode,
+    decode_at,
+    encode,
+    encode_batch,
+)
 from protos.gen.asgard import v1 as pb
 
 MESSAGES = [
@@ -42,6 +49,17 @@ def test_frames_fast_path_matches_the_generated_code(frames: list[bytes], hops: 
     generated = bytes(pb.PeerMessage(frames=pb.PeerFrames(frames=frames, hops=hops)))
     assert ours == generated
     assert decode(generated) == message
+
+
+@given(st.lists(st.binary(max_size=300), max_size=5), st.binary(max_size=5), st.binary(max_size=8))
+def test_a_message_is_decoded_in_place_between_other_bytes(
+    frames: list[bytes], hops: bytes, around: bytes
+) -> None:
+    """`decode_at` reads one message out of a larger buffer (the received bytes) by offsets."""
+    message = m.Frames(tuple(frames), hops)
+    body = encode(message)
+    data = around + body + around
+    assert decode_at(data, len(around), len(around) + len(body)) == message
 
 
 @pytest.mark.parametrize("data", [b"", b"\x3a\xff", b"\xff\xff\xff", b"\x3a\x05\x0a\x09"])
