@@ -1,6 +1,7 @@
 """Locks through the node's surfaces: WebSocket device client and gRPC, next to etcd, in one run.
 
 Run:  .venv/bin/python -m bench.node_rpc.bench_node_locks [--rounds 4] [--n 2000] [--etcd-n 300]
+                                                          [--reference DIR]
 
 A real node runs as its own process (`asgard serve`, store in a temp dir, every listener on
 127.0.0.1, `locks.etcd_endpoints` pointing at an etcd started here). Paths, alternating per round
@@ -13,7 +14,11 @@ A real node runs as its own process (`asgard serve`, store in a temp dir, every 
   grpc-cluster
   etcd          etcd's own lock round trip from this process (lease grant + txn + revoke)
 then 10 clients contending for one resource, per surface: grants per second.
-cpu_s: the node's CPU seconds (/proc/PID/stat) during the path, plus etcd's for etcd/cluster.
+cpu_s: the node's CPU seconds (/proc/PID/stat) during the path, plus etcd's for etcd/cluster;
+node_us / client_us: CPU per acquire + release of the node alone and of this (client) process.
+--reference DIR: a second node from another checkout (PYTHONPATH=DIR, e.g. a worktree of the
+commit before a change) on the same etcd; the ws paths run against it too, alternating, with this
+checkout's clients (`<path>@ref` rows): the node's side of a change, side by side.
 Output: a table, and JSON lines in bench/results/node-locks-<time>.jsonl.
 """
 
@@ -30,7 +35,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +52,18 @@ from node.locks.etcd import open_etcd_client
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 CLIENTS = 10
+Path_ = Callable[[], list[float]]
+Target = tuple[str, str, list[tuple[str, str]]]  # relay URL, network id, devices
 
 
 @contextmanager
-def node_process(etcd_url: str) -> Iterator[dict[str, Any]]:
-    """`asgard serve` on a temp store; yields its announcement (addresses, pid, admin token)."""
+def node_process(etcd_url: str, root: Path | None = None) -> Iterator[dict[str, Any]]:
+    """`asgard serve` on a temp store (from checkout `root` if given); yields its announcement
+    (addresses, pid, admin token)."""
     with tempfile.TemporaryDirectory() as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ASGARD_")}
+        if root is not None:
+            env["PYTHONPATH"] = str(root)
         settings = ephemeral_overrides(Path(tmp)) | {
             "logging.console": False,
             "locks.etcd_endpoints": [etcd_url],
@@ -277,11 +287,15 @@ def grpc_contended(seconds: float, resource: str) -> Callable[[Any], Awaitable[t
 
 
 # -- the run -----------------------------------------------------------------------------------
-def measured(pids: list[int], fn: Callable[[], Any]) -> tuple[Any, float, float]:
-    before = sum(cpu_seconds(p) for p in pids)
+def measured(pids: list[int], fn: Callable[[], Any]) -> tuple[Any, float, list[float], float]:
+    """fn's result, wall seconds, CPU seconds of each pid and of this process during it."""
+    before = [cpu_seconds(p) for p in pids]
+    own = time.process_time()
     started = time.perf_counter()
     result = fn()
-    return result, time.perf_counter() - started, sum(cpu_seconds(p) for p in pids) - before
+    elapsed = time.perf_counter() - started
+    used = [cpu_seconds(p) - b for p, b in zip(pids, before, strict=True)]
+    return result, elapsed, used, time.process_time() - own
 
 
 def main(args: argparse.Namespace) -> None:
@@ -299,43 +313,72 @@ def main(args: argparse.Namespace) -> None:
                 out.append((time.perf_counter_ns() - start) / 1000)
             return out
 
-    with etcd_process() as (url, etcd_pid), node_process(url) as node:
+    with ExitStack() as stack:
+        url, etcd_pid = stack.enter_context(etcd_process())
+        node = stack.enter_context(node_process(url))
+        ref = stack.enter_context(node_process(url, args.reference)) if args.reference else None
         network, devs = devices(node, CLIENTS)
         admin, relay, rpc, pid = node["admin_token"], node["relay"], node["rpc"], node["pid"]
+        at: Target = (relay, network, devs)
         samples: dict[str, list[float]] = {}
-        cpu: dict[str, float] = {}
+        cpu: dict[str, list[float]] = {}
         wall: dict[str, float] = {}
 
-        def ws(resource: str, n: int) -> Callable[[], list[float]]:
+        def ws(at: Target, resource: str, n: int) -> Path_:
             return lambda: trio.run(
-                ws_clients, relay, network, devs[:1], lambda c: ws_round_trips(c, n, resource)
+                ws_clients, at[0], at[1], at[2][:1], lambda c: ws_round_trips(c, n, resource)
             )
 
-        def ws_lean(resource: str, n: int) -> Callable[[], list[float]]:
-            return lambda: ws_raw(relay, network, devs[1], n, resource)
+        def ws_lean(at: Target, resource: str, n: int) -> Path_:
+            return lambda: ws_raw(at[0], at[1], at[2][1], n, resource)
 
-        def grpc(resource: str, n: int) -> Callable[[], list[float]]:
+        def grpc(resource: str, n: int) -> Path_:
             return lambda: grpc_run(rpc, admin, grpc_round_trips(n, resource))
 
-        paths: list[tuple[str, list[int], Callable[[], list[float]]]] = [
-            ("ws-local", [pid], ws("bench/ws", args.n)),
-            ("ws-lean-local", [pid], ws_lean("bench/ws-lean", args.n)),
+        paths: list[tuple[str, list[int], Path_]] = [
+            ("ws-local", [pid], ws(at, "bench/ws", args.n)),
+            ("ws-lean-local", [pid], ws_lean(at, "bench/ws-lean", args.n)),
             ("grpc-local", [pid], grpc("bench/grpc", args.n)),
-            ("ws-cluster", [pid, etcd_pid], ws("cluster/ws", args.etcd_n)),
-            ("ws-lean-cluster", [pid, etcd_pid], ws_lean("cluster/ws-lean", args.etcd_n)),
+            ("ws-cluster", [pid, etcd_pid], ws(at, "cluster/ws", args.etcd_n)),
+            (
+                "ws-lean-cluster",
+                [pid, etcd_pid],
+                ws_lean(at, "cluster/ws-lean", args.etcd_n),
+            ),
             ("grpc-cluster", [pid, etcd_pid], grpc("cluster/grpc", args.etcd_n)),
             ("etcd", [etcd_pid], lambda: trio.run(etcd_trips, url, args.etcd_n)),
         ]
+        if ref is not None:  # each reference path right after its own, so they alternate closely
+            r_at: Target = (ref["relay"], *devices(ref, 2))
+            r_pid = ref["pid"]
+            refs = {
+                "ws-local": ([r_pid], ws(r_at, "bench/ws", args.n)),
+                "ws-lean-local": ([r_pid], ws_lean(r_at, "bench/ws-lean", args.n)),
+                "ws-cluster": ([r_pid, etcd_pid], ws(r_at, "cluster/ws-r", args.etcd_n)),
+                "ws-lean-cluster": ([r_pid, etcd_pid], ws_lean(r_at, "cluster/ws-lean-r", args.etcd_n)),
+            }
+            mixed = []
+            for path in paths:
+                mixed.append(path)
+                if path[0] in refs:
+                    mixed.append((path[0] + "@ref", *refs[path[0]]))
+            paths = mixed
         for _ in range(args.rounds):
             for name, pids, fn in paths:
-                values, elapsed, used = measured(pids, fn)
+                values, elapsed, used, own = measured(pids, fn)
                 samples.setdefault(name, []).extend(values)
                 wall[name] = wall.get(name, 0.0) + elapsed
-                cpu[name] = cpu.get(name, 0.0) + used
+                totals = cpu.setdefault(name, [0.0, 0.0, 0.0])
+                totals[0] += sum(used)
+                totals[1] += used[0] if name != "etcd" else 0.0
+                totals[2] += own
         for name, values in samples.items():
             rate = len(values) / (sum(values) / 1e6)
+            total, node_s, own_s = cpu[name]
+            ops = len(values) + 20 * args.rounds  # each run warms up with 20 round trips
             rows.append({"path": name, "kind": "acquire+release", **summary(values), "rate_per_s": rate,
-                         "cpu_s": cpu[name], "cpu_share": cpu[name] / wall[name]})  # fmt: skip
+                         "cpu_s": total, "cpu_share": total / wall[name], "node_cpu_us": 1e6 * node_s / ops,
+                         "client_cpu_us": 1e6 * own_s / ops})  # fmt: skip
 
         def ws_hot(resource: str) -> Callable[[], tuple[int, float]]:
             return lambda: trio.run(
@@ -370,21 +413,37 @@ def report(rows: list[dict[str, Any]], load_before: tuple[float, ...], load_afte
     with out.open("w") as fh:
         for row in rows:
             fh.write(json.dumps({"bench": "node-locks", "loadavg": [load_before, load_after], **row}) + "\n")
-    head = ("path", "kind", "p50", "p90", "p99", "p99.9", "max", "rate/s", "cpu_s", "share")
-    print("{:13} {:16} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>6} {:>5}".format(*head))
+    head = (
+        "path",
+        "kind",
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "max",
+        "rate/s",
+        "cpu_s",
+        "share",
+        "node_us",
+        "cli_us",
+    )
+    print("{:19} {:16} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>6} {:>5} {:>7} {:>6}".format(*head))
     for r in rows:
         if r["kind"] == "acquire+release":
             cells = [r[k] for k in ("p50", "p90", "p99", "p99.9", "max", "rate_per_s")]
             line = "{:7.0f} {:7.0f} {:7.0f} {:7.0f} {:8.0f} {:8.0f}".format(*cells)
-            print(f"{r['path']:13} {r['kind']:16} {line} {r['cpu_s']:6.2f} {r['cpu_share']:5.2f}")
+            cpu = f"{r['cpu_s']:6.2f} {r['cpu_share']:5.2f} {r['node_cpu_us']:7.0f} {r['client_cpu_us']:6.0f}"
+            print(f"{r['path']:19} {r['kind']:16} {line} {cpu}")
         else:
-            print(f"{r['path']:13} {r['kind']:16} {'':>48} {r['rate_per_s']:8.0f}")
+            print(f"{r['path']:19} {r['kind']:16} {'':>48} {r['rate_per_s']:8.0f}")
     by = {(r["path"], r["kind"]): r for r in rows}
     etcd = by[("etcd", "acquire+release")]
-    for surface in ("ws", "ws-lean", "grpc"):
-        cluster = by[(f"{surface}-cluster", "acquire+release")]
-        p50, p99 = cluster["p50"] / etcd["p50"], cluster["p99"] / etcd["p99"]
-        print(f"{surface}-cluster/etcd p50 {p50:.2f} p99 {p99:.2f} (target <= 1.2)")
+    for surface in ("ws", "ws-lean", "grpc", "ws@ref", "ws-lean@ref"):
+        cluster = by.get((surface.replace("@", "-cluster@") if "@" in surface else f"{surface}-cluster",
+                          "acquire+release"))  # fmt: skip
+        if cluster is not None:
+            p50, p99 = cluster["p50"] / etcd["p50"], cluster["p99"] / etcd["p99"]
+            print(f"{surface}-cluster/etcd p50 {p50:.2f} p99 {p99:.2f} (target <= 1.2)")
     print(f"load average before {load_before}, after {load_after}")
     print(f"results: {out}")
 
@@ -395,4 +454,5 @@ if __name__ == "__main__":
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--etcd-n", type=int, default=300)
     parser.add_argument("--contended-s", type=float, default=3.0)
+    parser.add_argument("--reference", type=Path, help="another checkout: its node runs side by side")
     main(parser.parse_args())
