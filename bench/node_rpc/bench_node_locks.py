@@ -438,12 +438,11 @@ def report(rows: list[dict[str, Any]], load_before: tuple[float, ...], load_afte
             print(f"{r['path']:19} {r['kind']:16} {'':>48} {r['rate_per_s']:8.0f}")
     by = {(r["path"], r["kind"]): r for r in rows}
     etcd = by[("etcd", "acquire+release")]
-    for surface in ("ws", "ws-lean", "grpc", "ws@ref", "ws-lean@ref"):
-        cluster = by.get((surface.replace("@", "-cluster@") if "@" in surface else f"{surface}-cluster",
-                          "acquire+release"))  # fmt: skip
+    for name in ("ws-cluster", "ws-lean-cluster", "grpc-cluster", "ws-cluster@ref", "ws-lean-cluster@ref"):
+        cluster = by.get((name, "acquire+release"))
         if cluster is not None:
             p50, p99 = cluster["p50"] / etcd["p50"], cluster["p99"] / etcd["p99"]
-            print(f"{surface}-cluster/etcd p50 {p50:.2f} p99 {p99:.2f} (target <= 1.2)")
+            print(f"{name}/etcd p50 {p50:.2f} p99 {p99:.2f} (target <= 1.2)")
     print(f"load average before {load_before}, after {load_after}")
     print(f"results: {out}")
 
