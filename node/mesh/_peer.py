@@ -70,6 +70,7 @@ class PeerStream:
         self._wait: trio.Event | None = None
         self._handler: Handler | None = None
         self._consumed = 0
+        self._credit_batch = max(1, window // 2)  # credits go back to the far end in batches
         self._ended = False
         self._error: BaseException | None = None
         self._closing = False
@@ -143,7 +144,7 @@ class PeerStream:
     def consumed(self, count: int = 1) -> None:
         """Messages are dealt with: give their credits back to the far end (in batches)."""
         self._consumed += count
-        if self._consumed >= max(1, self._window // 2) and self._far is not None:
+        if self._consumed >= self._credit_batch and self._far is not None:
             self._far.credit(self._consumed)
             self._consumed = 0
 
