@@ -29,7 +29,16 @@ from urllib.parse import urlsplit
 import trio
 
 from node.client._locks import LockCalls
-from node.client._types import Ack, ConnectionLost, Message, NackError, Pending, SeenIds, SessionEnded
+from node.client._types import (
+    Ack,
+    ConnectionLost,
+    Deadlines,
+    Message,
+    NackError,
+    Pending,
+    SeenIds,
+    SessionEnded,
+)
 from node.client._ws import ClientWebSocket, WsClosed, WsHandshakeError, WsRejected
 from wire import DecodeError
 from wire.device import (
@@ -117,6 +126,8 @@ class DeviceClient:
         self._close_requested = trio.Event()
         self._running = False
         self._finished = trio.Event()
+        self.deadlines = Deadlines()
+        """The answer waits' deadlines (ACKs and lock calls): one timer task per session."""
         self.locks = LockCalls(self)
         """Lock requests on this device's session (node.client._locks)."""
 
@@ -250,6 +261,7 @@ class DeviceClient:
         """Read until the connection closes; return the close (code, reason)."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._heartbeats, ws)
+            nursery.start_soon(self.deadlines.run)
             nursery.start_soon(self._close_when_asked, ws)
             try:
                 await self._read(ws)
@@ -310,6 +322,7 @@ class DeviceClient:
         self.locks.fail_all(error)
         for message_id in list(self._waiters):
             self._resolve(message_id, error)
+        self.deadlines.clear()  # every slot is settled now
 
     def _new_id(self) -> int:
         self._next_id = (self._next_id + 1) & ((1 << 64) - 1)
@@ -355,16 +368,14 @@ class DeviceClient:
         waiter = self._waiters[message_id] = Pending[Ack]()
         try:
             await ws.send(frame, then_waits=True)
-            # A CancelScope, not fail_after: the generator-based context manager costs more.
-            with trio.CancelScope(deadline=trio.current_time() + self.settings.ack_timeout_s) as scope:
-                await waiter.done.wait()
+            self.deadlines.add(trio.current_time() + self.settings.ack_timeout_s, waiter)
+            await waiter.done.wait()
         except WsClosed:
             raise ConnectionLost("the connection closed while sending") from None
         finally:
             del self._waiters[message_id]
-        if scope.cancelled_caught:
-            raise trio.TooSlowError
-        return waiter.outcome()
+            waiter.settle(ConnectionLost("the wait was cancelled"))  # if still open: off the timer
+        return waiter.outcome()  # TooSlowError when the deadline settled it
 
     async def control(self, message: Any, *, ack: bool = True) -> Ack | None:
         """Send a control message (JOIN, LEAVE, SUBSCRIBE, UNSUBSCRIBE, ...), waiting for its ACK."""

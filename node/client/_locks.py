@@ -119,16 +119,12 @@ class LockCalls:
                 await ws.send(frame, then_waits=True)
             except WsClosed:
                 raise ConnectionLost("the connection closed while sending") from None
-            # A CancelScope, not fail_after: the generator-based context manager costs more.
-            with trio.CancelScope(
-                deadline=trio.current_time() + wait_s + client.settings.ack_timeout_s
-            ) as scope:
-                await call.done.wait()
-            if scope.cancelled_caught:
-                raise trio.TooSlowError
+            client.deadlines.add(trio.current_time() + wait_s + client.settings.ack_timeout_s, call)
+            await call.done.wait()
         finally:
             del self._calls[message_id]
-        return call.outcome()
+            call.settle(ConnectionLost("the call was cancelled"))  # if still open: off the timer
+        return call.outcome()  # TooSlowError when the deadline settled it
 
     # -- the client's reader ------------------------------------------------------------------
     def on_frame(self, frame: FrameView) -> None:

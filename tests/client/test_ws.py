@@ -15,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 
+from node.client._types import Deadlines, Pending
 from node.client._ws import ClientWebSocket, WsClosed, WsHandshakeError, WsRejected, encode_client_frame
 from wire.ws import accept_key, unmask_python
 
@@ -404,3 +405,44 @@ async def test_sending_on_a_closed_stream_is_ws_closed() -> None:
                 await ws.send(b"x", then_waits=then_waits)
         with pytest.raises(trio.ClosedResourceError):
             await ws.receive()
+
+
+# -- the answer waits' deadlines (node.client._types.Deadlines) --------------------------------
+
+
+async def test_deadlines_settle_open_slots_in_time_and_leave_answered_ones(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    deadlines = Deadlines()
+    late, answered, early = Pending[int](), Pending[int](), Pending[int]()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(deadlines.run)
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        deadlines.add(start + 10, late)
+        deadlines.add(start + 5, answered)
+        deadlines.add(start + 1, early)  # earlier than the timer: it moves
+        answered.settle(7)
+        await early.done.wait()
+        assert trio.current_time() - start == pytest.approx(1)
+        await late.done.wait()
+        assert trio.current_time() - start == pytest.approx(10)
+        nursery.cancel_scope.cancel()
+    for slot in (early, late):
+        with pytest.raises(trio.TooSlowError):
+            slot.outcome()
+    assert answered.outcome() == 7
+    assert len(deadlines) == 0
+
+
+def test_deadlines_stay_bounded_when_answers_come_first() -> None:
+    deadlines = Deadlines()
+    for i in range(10_000):
+        slot = Pending[int]()
+        deadlines.add(3600.0 + i, slot)
+        slot.settle(i)
+    assert len(deadlines) <= 2048
+    still_open = [Pending[int]() for _ in range(3000)]
+    for slot in still_open:
+        deadlines.add(7200.0, slot)
+    assert 3000 <= len(deadlines) <= 2 * 3000 + 1024
