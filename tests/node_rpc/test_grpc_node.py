@@ -232,7 +232,7 @@ async def test_unary_send_to_a_connect_session_arrives_in_order_direct_and_durab
                 1,
             )
         got = [await session.receive_type(FrameType.DIRECT) for _ in range(4)]
-        assert [(f.message_id, f.payload) for f in got] == [(20 + i, b"n%d" % i) for i in range(4)]
+        assert [(f.message_id, bytes(f.payload)) for f in got] == [(20 + i, b"n%d" % i) for i in range(4)]
     finally:
         assert await session.end() is None
 
