@@ -23,6 +23,7 @@ import trio
 from grpclib.protocol import H2Protocol
 
 from node.rpc import _health, _svc_locks, _svc_registry, _svc_routing
+from node.rpc._codec import RouterCodec
 from node.rpc._gate import Gate, Method
 from node.rpc._health import HealthService, HealthState
 from node.rpc._island import Island, open_island
@@ -60,7 +61,7 @@ class _Server(grpclib.server.Server):
     """grpclib's server, remembering its connections so shutdown can close them."""
 
     def __init__(self, handlers: list[Any]) -> None:
-        super().__init__(handlers)
+        super().__init__(handlers, codec=RouterCodec())
         self.protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
 
     def _protocol_factory(self) -> H2Protocol:
