@@ -146,6 +146,14 @@ class LockService:
         next_token = self._state.last_token(resource) + 1
         return self._durable_through(resource) >= next_token and self._state.free_for(resource, mode)
 
+    def releases_at_once(self, resource: str) -> bool:
+        """Whether `release(resource, ...)` returns without waiting for anything: a local
+        resource without durable grants. False for a cluster resource (an etcd delete round
+        trip): a surface should then release in a task of its own, not in its read loop."""
+        if self._cluster is not None and self._settings.is_cluster_resource(resource):
+            return False
+        return not self._settings.durable_grants
+
     async def release(self, resource: str, token: int, *, owner: str) -> None:
         """Release a held lock; NotFound when it is not held any more, PermissionDenied."""
         self._check_open()

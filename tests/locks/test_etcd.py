@@ -173,6 +173,14 @@ async def test_unconfigured_node_keeps_cluster_names_local(etcd: EtcdProcess) ->
     async with open_lock_service(LockSettings(), MemoryLockJournal()) as locks:
         lease = await locks.acquire("cluster/x", owner="a", session="a")
         assert lease.token == 1
+        assert locks.releases_at_once("cluster/x")
+
+
+async def test_a_cluster_release_is_not_at_once(etcd: EtcdProcess) -> None:
+    with trio.fail_after(10):
+        async with node(etcd) as locks:
+            assert not locks.releases_at_once("cluster/x")  # an etcd round trip
+            assert locks.releases_at_once("local/x")
 
 
 async def test_election_oldest_campaigner_leads(etcd: EtcdProcess) -> None:

@@ -354,9 +354,11 @@ async def test_grants_at_once_predicts_an_immediate_grant(journal: FlakyJournal)
         lease = await locks.acquire("r", owner="a", session="s1")
         assert lease.token == second.token + 1
         await locks.release("r", lease.token, owner="a")
+        assert locks.releases_at_once("r")
     async with service(journal, durable_grants=True) as locks:
         await locks.release("r", (await locks.acquire("r", owner="a", session="s1")).token, owner="a")
         assert not locks.grants_at_once("r", LockMode.EXCLUSIVE)  # durable grants always wait
+        assert not locks.releases_at_once("r")  # and so do their releases
 
 
 async def test_grants_at_once_is_false_once_stopped(journal: FlakyJournal) -> None:
