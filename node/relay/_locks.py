@@ -13,6 +13,10 @@ GRANTED, or REFUSED when the lock service decided against it (timeout or busy â†
 deadlock victim â†’ `deadlock`, session ended, lost before delivery); every other error (invalid
 input, permission, limits, unavailable) is a NACK with the error's reason. RELEASE is answered
 RELEASED, REFRESH REFRESHED, errors NACK. QUEUED may come any number of times before the end.
+A free local lock's ACQUIRE and a local RELEASE are answered in line; an ACQUIRE that waits and a
+RELEASE that waits (a cluster resource's etcd delete, a durable commit) run as tasks of the
+connection, so frames read after them are not held up: their answers may come after answers to
+later frames, and a lock stays held until its RELEASED is sent.
 Notices: when a lease granted on a session ends otherwise (expiry, preemption, admin or session
 release), the device's current session gets EXPIRED / PREEMPTED / RELEASED carrying the message id
 of the ACQUIRE that obtained it.
@@ -20,7 +24,7 @@ of the ACQUIRE that obtained it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
@@ -58,8 +62,9 @@ if TYPE_CHECKING:
     from node.relay._link import DeviceLink
     from node.relay.service import RelayService
 
-MAX_PENDING_ACQUIRES = 256
-"""ACQUIREs one connection may have waiting at once (more: NACK resource-exhausted)."""
+MAX_PENDING_CALLS = 256
+"""Lock calls one connection may have waiting at once: ACQUIREs that wait, and RELEASEs that wait
+for etcd or a commit (more: NACK resource-exhausted)."""
 
 Listener = Callable[[LockEvent], None]
 
@@ -188,13 +193,21 @@ class RelayLocks:
         if self.locks.grants_at_once(message.resource, mode):
             replies.append(await self._outcome(link, frame.message_id, identity, message, mode))
             return
+        self._start(link, self._acquire, link, frame.message_id, identity, message, mode)
+
+    def _start(self, link: DeviceLink, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+        """Run a lock call that waits as a task of the connection (at most MAX_PENDING_CALLS)."""
         pending = self._pending.get(link, 0)
-        if pending >= MAX_PENDING_ACQUIRES:
-            raise ResourceExhausted(f"more than {MAX_PENDING_ACQUIRES} ACQUIREs waiting on this connection")
+        if pending >= MAX_PENDING_CALLS:
+            raise ResourceExhausted(f"more than {MAX_PENDING_CALLS} lock calls waiting on this connection")
         if link.nursery is None or link.closing:
             raise Unavailable("the connection is closing")
         self._pending[link] = pending + 1
-        link.nursery.start_soon(self._acquire, link, frame.message_id, identity, message, mode)
+        link.nursery.start_soon(fn, *args)
+
+    def _done(self, link: DeviceLink) -> None:
+        if link in self._pending:
+            self._pending[link] -= 1
 
     async def _acquire(
         self, link: DeviceLink, message_id: int, identity: str, msg: wd.LockAcquire, mode: LockMode
@@ -202,8 +215,7 @@ class RelayLocks:
         try:
             answer = await self._outcome(link, message_id, identity, msg, mode)
         finally:
-            if link in self._pending:
-                self._pending[link] -= 1
+            self._done(link)
         link.send(answer)
 
     async def _outcome(
@@ -233,18 +245,38 @@ class RelayLocks:
         return self._frame(self._granted(lease), message_id, link)
 
     async def on_release(self, link: DeviceLink, frame: FrameView, replies: list[bytes]) -> None:
-        """RELEASE: answered RELEASED; NACK not-found when the lease has already ended."""
+        """RELEASE: answered RELEASED; NACK not-found when the lease has already ended. A release
+        that waits for something (an etcd delete, a durable commit) runs as a task of the
+        connection, so the frames read after it are not held up behind it."""
         message = decode_lock_untrusted(frame)
         assert isinstance(message, wd.LockRelease)
         owner = await self.book.owned(self.locks, message.resource, message.token, _identity(link))
+        if self.locks.releases_at_once(message.resource):
+            replies.append(await self._release(link, frame.message_id, message, owner))
+            return
+        self._start(link, self._release_later, link, frame.message_id, message, owner)
+
+    async def _release_later(
+        self, link: DeviceLink, message_id: int, message: wd.LockRelease, owner: str
+    ) -> None:
+        try:
+            answer = await self._release(link, message_id, message, owner)
+        finally:
+            self._done(link)
+        link.send(answer)
+
+    async def _release(self, link: DeviceLink, message_id: int, message: wd.LockRelease, owner: str) -> bytes:
+        """Run the release; the answer frame (RELEASED, or NACK)."""
         key = (message.resource, message.token)
         self._releasing.add(key)  # the holder asked: no RELEASED notice besides the answer
         try:
             await self.locks.release(message.resource, message.token, owner=owner)
+        except NodeError as exc:
+            return self._nack(link, message_id, exc)
         finally:
             self._releasing.discard(key)
         answer = wd.LockReleased(message.resource, message.token, Cause.RELEASED.value)
-        replies.append(self._frame(answer, frame.message_id, link))
+        return self._frame(answer, message_id, link)
 
     async def on_refresh(self, link: DeviceLink, frame: FrameView, replies: list[bytes]) -> None:
         """REFRESH: answered REFRESHED with the new deadline; NACK not-found once it has ended."""

@@ -163,3 +163,40 @@ async def test_a_resource_name_the_lock_service_refuses_is_nacked(env: RelayEnv)
     with trio.fail_after(TIMEOUT_S), pytest.raises(NackError) as bad:
         await a.locks.acquire("bell\x07")
     assert bad.value.reason == NackReason.INVALID_INPUT
+
+
+async def test_a_release_that_waits_does_not_hold_up_later_frames(
+    start_relay: StartRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With durable grants a release waits for its commit (on a cluster resource: for etcd); the
+    connection's later frames are routed meanwhile, and the RELEASED answer comes when it is done."""
+    env = await start_relay(**{"locks.durable_grants": True})
+    locks = env.handle.api.locks
+    assert not locks.releases_at_once("printer")
+    entered, go_on = trio.Event(), trio.Event()
+    release = locks.release
+
+    async def slow_release(resource: str, token: int, *, owner: str) -> None:
+        entered.set()
+        await go_on.wait()
+        await release(resource, token, owner=owner)
+
+    monkeypatch.setattr(locks, "release", slow_release)
+    a, b = await two_clients(env)
+    with trio.fail_after(TIMEOUT_S):
+        held = await a.locks.acquire("printer")
+        async with trio.open_nursery() as nursery:
+            answers = []
+
+            async def release_it() -> None:
+                answers.append(await a.locks.release("printer", held.token))
+
+            nursery.start_soon(release_it)
+            await entered.wait()
+            await a.send(b.device_id, b"after the release", durable=False)  # ACKed while it waits
+            assert (await b.receive()).payload == b"after the release"
+            assert not answers
+            go_on.set()
+        assert (answers[0].token, answers[0].cause) == (held.token, "released")
+        again = await b.locks.acquire("printer", wait_s=0)
+        assert again.token > held.token
