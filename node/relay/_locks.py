@@ -190,8 +190,21 @@ class RelayLocks:
         assert isinstance(message, wd.LockAcquire)
         identity = _identity(link)
         mode = LockMode(message.mode or LockMode.EXCLUSIVE)
-        if self.locks.grants_at_once(message.resource, mode):
-            replies.append(await self._outcome(link, frame.message_id, identity, message, mode))
+        try:
+            lease = self.locks.acquire_at_once(
+                message.resource,
+                owner=owner_name(identity, message.owner),
+                session=identity,
+                mode=mode,
+                lease_s=message.lease_s,
+                priority=message.priority,
+                wait_s=message.wait_s,
+            )
+        except NodeError as exc:
+            replies.append(self._answer(link, frame.message_id, identity, message, exc))
+            return
+        if lease is not None:  # a free local lock: granted in line, with this batch's replies
+            replies.append(self._answer(link, frame.message_id, identity, message, lease))
             return
         self._start(link, self._acquire, link, frame.message_id, identity, message, mode)
 
@@ -237,12 +250,20 @@ class RelayLocks:
                 wait_s=msg.wait_s,
                 on_queued=queued,
             )
-        except (Aborted, Deadlock) as exc:
-            return self._frame(self._refused(msg, exc), message_id, link)
         except NodeError as exc:
-            return self._nack(link, message_id, exc)
-        self.book.granted(lease, partial(self._ended, identity, message_id))
-        return self._frame(self._granted(lease), message_id, link)
+            return self._answer(link, message_id, identity, msg, exc)
+        return self._answer(link, message_id, identity, msg, lease)
+
+    def _answer(
+        self, link: DeviceLink, message_id: int, identity: str, msg: wd.LockAcquire, got: Lease | NodeError
+    ) -> bytes:
+        """The answer to an ACQUIRE: GRANTED (and the lease booked), REFUSED or NACK."""
+        if isinstance(got, Aborted | Deadlock):
+            return self._frame(self._refused(msg, got), message_id, link)
+        if isinstance(got, NodeError):
+            return self._nack(link, message_id, got)
+        self.book.granted(got, partial(self._ended, identity, message_id))
+        return self._frame(self._granted(got), message_id, link)
 
     async def on_release(self, link: DeviceLink, frame: FrameView, replies: list[bytes]) -> None:
         """RELEASE: answered RELEASED; NACK not-found when the lease has already ended. A release

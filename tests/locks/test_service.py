@@ -16,6 +16,7 @@ from node.locks import (
     DeadlockPolicy,
     LockEvent,
     LockExpired,
+    LockGranted,
     LockMode,
     LockPreempted,
     LockQueued,
@@ -359,6 +360,31 @@ async def test_grants_at_once_predicts_an_immediate_grant(journal: FlakyJournal)
         await locks.release("r", (await locks.acquire("r", owner="a", session="s1")).token, owner="a")
         assert not locks.grants_at_once("r", LockMode.EXCLUSIVE)  # durable grants always wait
         assert not locks.releases_at_once("r")  # and so do their releases
+
+
+async def test_acquire_at_once_grants_a_free_lock_without_a_checkpoint(journal: FlakyJournal) -> None:
+    async with service(journal) as locks, locks.watch() as events:
+        # Not yet predictable (first token unreserved): nothing is requested, no event.
+        assert locks.acquire_at_once("r", owner="a", session="s1") is None
+        assert locks.list() == []
+        first = await locks.acquire("r", owner="a", session="s1")
+        await locks.flush()
+        _drain(events)
+        with trio.CancelScope() as scope:
+            scope.cancel()  # a checkpoint would raise Cancelled
+            assert locks.acquire_at_once("r", owner="b", session="s2") is None  # held: would wait
+        await locks.release("r", first.token, owner="a")
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            lease = locks.acquire_at_once("r", owner="b", session="s2", lease_s=5, priority=3)
+        assert not scope.cancelled_caught
+        assert lease is not None
+        assert (lease.owner, lease.token, lease.lease_s, lease.priority) == ("b", first.token + 1, 5, 3)
+        assert (await locks.get("r")).holders == (lease,)
+        assert [type(e) for e in _drain(events)] == [LockReleased, LockGranted]
+        await locks.release("r", lease.token, owner="b")
+        with pytest.raises(InvalidInput):
+            locks.acquire_at_once("r", owner="b", session="s2", lease_s=-1)  # validated as acquire
 
 
 async def test_grants_at_once_is_false_once_stopped(journal: FlakyJournal) -> None:
