@@ -218,6 +218,19 @@ class RelayLocks:
         self._pending[link] = pending + 1
         link.nursery.start_soon(fn, *args)
 
+    def _send_now(self, link: DeviceLink, frame: bytes) -> None:
+        """Send an answer from a lock task: written in line (the router's FlushHub) when the
+        writer is idle, so the answer costs no wake-up of the connection's writer task."""
+        hub = self.relay.hub
+        if hub.active:  # (inside someone's routing step: it flushes)
+            link.send(frame)
+            return
+        hub.active = True
+        try:
+            link.send(frame)
+        finally:
+            hub.flush()
+
     def _done(self, link: DeviceLink) -> None:
         if link in self._pending:
             self._pending[link] -= 1
@@ -229,7 +242,7 @@ class RelayLocks:
             answer = await self._outcome(link, message_id, identity, msg, mode)
         finally:
             self._done(link)
-        link.send(answer)
+        self._send_now(link, answer)
 
     async def _outcome(
         self, link: DeviceLink, message_id: int, identity: str, msg: wd.LockAcquire, mode: LockMode
@@ -284,7 +297,7 @@ class RelayLocks:
             answer = await self._release(link, message_id, message, owner)
         finally:
             self._done(link)
-        link.send(answer)
+        self._send_now(link, answer)
 
     async def _release(self, link: DeviceLink, message_id: int, message: wd.LockRelease, owner: str) -> bytes:
         """Run the release; the answer frame (RELEASED, or NACK)."""
