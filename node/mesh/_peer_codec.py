@@ -16,6 +16,7 @@ import betterproto2
 
 from node.mesh import _peer_model as m
 from protos.gen.asgard import v1 as pb
+from wire.varint import encode_varint
 
 _PREFIX = struct.Struct(">BI")  # gRPC message prefix: compressed flag, length
 MERGE_MAX_BYTES = 256 << 10
@@ -28,20 +29,6 @@ _HOPS_TAG = 0x12  # PeerFrames.hops: field 2, wire type 2
 
 class PeerDecodeError(ValueError):
     """A peer sent bytes that are not a PeerMessage this node understands."""
-
-
-_SMALL = [bytes((i,)) for i in range(0x80)]
-
-
-def _varint(value: int) -> bytes:
-    if value < 0x80:
-        return _SMALL[value]  # frame sizes and hop counts: one byte, no bytearray
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _read_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
@@ -61,16 +48,16 @@ def encode_frames(message: m.Frames) -> bytes:
     """`PeerMessage{frames: PeerFrames{frames, hops}}` without the generated code."""
     frames, hops = message.frames, message.hops
     if len(frames) == 1 and len(hops) == 1:  # one forwarded frame: one join, no list to grow
-        head = b"\x0a" + _varint(len(frames[0]))
+        head = b"\x0a" + encode_varint(len(frames[0]))
         size = len(head) + len(frames[0]) + 3
-        return b"".join((b"\x3a", _varint(size), head, frames[0], b"\x12\x01", hops))
+        return b"".join((b"\x3a", encode_varint(size), head, frames[0], b"\x12\x01", hops))
     parts: list[bytes] = []
     for frame in message.frames:
-        parts += (b"\x0a", _varint(len(frame)), frame)
+        parts += (b"\x0a", encode_varint(len(frame)), frame)
     if message.hops:
-        parts += (b"\x12", _varint(len(message.hops)), message.hops)
+        parts += (b"\x12", encode_varint(len(message.hops)), message.hops)
     inner = b"".join(parts)
-    return b"\x3a" + _varint(len(inner)) + inner
+    return b"\x3a" + encode_varint(len(inner)) + inner
 
 
 def decode_frames(data: bytes, start: int = 0, end: int | None = None) -> m.Frames | None:

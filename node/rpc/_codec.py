@@ -22,19 +22,10 @@ from typing import Any
 from grpclib.encoding.proto import ProtoCodec
 
 from protos.gen.asgard import v1 as pb
+from wire.varint import encode_varint
 
 _FRAME_TAG = 0x0A  # field 1, wire type 2 (length-delimited)
 _MAX_VARINT = 10
-
-
-def encode_varint(value: int) -> bytes:
-    """A non-negative integer as a protobuf base-128 varint."""
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def encode_frame_message(frame: bytes) -> bytes:
