@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -191,15 +191,7 @@ class RelayLocks:
         identity = _identity(link)
         mode = LockMode(message.mode or LockMode.EXCLUSIVE)
         try:
-            lease = self.locks.acquire_at_once(
-                message.resource,
-                owner=owner_name(identity, message.owner),
-                session=identity,
-                mode=mode,
-                lease_s=message.lease_s,
-                priority=message.priority,
-                wait_s=message.wait_s,
-            )
+            lease = self.locks.acquire_at_once(message.resource, **_terms(identity, message, mode))
         except NodeError as exc:
             replies.append(self._answer(link, frame.message_id, identity, message, exc))
             return
@@ -253,16 +245,7 @@ class RelayLocks:
             link.send(self._frame(wd.LockQueued(msg.resource, event.position), message_id, link))
 
         try:
-            lease = await self.locks.acquire(
-                msg.resource,
-                owner=owner_name(identity, msg.owner),
-                session=identity,
-                mode=mode,
-                lease_s=msg.lease_s,
-                priority=msg.priority,
-                wait_s=msg.wait_s,
-                on_queued=queued,
-            )
+            lease = await self.locks.acquire(msg.resource, **_terms(identity, msg, mode), on_queued=queued)
         except NodeError as exc:
             return self._answer(link, message_id, identity, msg, exc)
         return self._answer(link, message_id, identity, msg, lease)
@@ -383,6 +366,18 @@ class RelayLocks:
     @staticmethod
     def _frame(message: ControlMessage, message_id: int, link: DeviceLink) -> bytes:
         return encode_control(message, message_id=message_id, destination=link.device_bytes)
+
+
+def _terms(identity: str, msg: wd.LockAcquire, mode: LockMode) -> dict[str, Any]:
+    """The keyword arguments of `LockService.acquire` for an ACQUIRE frame."""
+    return {
+        "owner": owner_name(identity, msg.owner),
+        "session": identity,
+        "mode": mode,
+        "lease_s": msg.lease_s,
+        "priority": msg.priority,
+        "wait_s": msg.wait_s,
+    }
 
 
 def _identity(link: DeviceLink) -> str:
