@@ -2,9 +2,10 @@
 
 Both are implemented by the node on the Trio side; the router calls them through the bridge.
 Every `async` method runs as a Trio task in a cancel scope carrying the gRPC call's deadline, so a
-method that waits is cancelled when the deadline passes or the client goes away. `send` may also
-be a plain function that answers at once (it then runs inside the bridge's hand-over, with no
-task: it must not block) or returns an awaitable for the cases where it must wait. Errors are raised as
+method that waits is cancelled when the deadline passes or the client goes away. `send` and the
+reads (`get_device`, `list_devices`, `capabilities`, `list_locks`) may also be plain functions that
+answer at once (they then run inside the bridge's hand-over, with no task: they must not block)
+or return an awaitable for the cases where they must wait. Errors are raised as
 `node.errors.NodeError` subclasses and mapped once to gRPC statuses (`grpc_status` on the class);
 any other exception becomes INTERNAL with a generic message (and is logged).
 
@@ -66,11 +67,11 @@ class RpcBackend(Protocol):
         """Register (or re-register) a device."""
         ...
 
-    async def get_device(self, principal: Principal, device_id: str) -> DeviceRecord:
+    def get_device(self, principal: Principal, device_id: str) -> DeviceRecord | Awaitable[DeviceRecord]:
         """One device; NotFound when unknown or out of the caller's scope."""
         ...
 
-    async def list_devices(self, principal: Principal, query: DeviceQuery) -> DevicePage:
+    def list_devices(self, principal: Principal, query: DeviceQuery) -> DevicePage | Awaitable[DevicePage]:
         """A page of devices ordered by id."""
         ...
 
@@ -110,7 +111,9 @@ class RpcBackend(Protocol):
         when it stops sending); frames for it go to `frames_out`. Return to end the session."""
         ...
 
-    async def capabilities(self, principal: Principal, network_id: str | None) -> CapabilitySnapshot:
+    def capabilities(
+        self, principal: Principal, network_id: str | None
+    ) -> CapabilitySnapshot | Awaitable[CapabilitySnapshot]:
         """The node's capabilities as seen by the caller."""
         ...
 
@@ -140,7 +143,7 @@ class RpcBackend(Protocol):
         """Extend a lease (None: by its original length); NotFound when it has ended."""
         ...
 
-    async def list_locks(self, principal: Principal, query: LockQuery) -> LockPage:
+    def list_locks(self, principal: Principal, query: LockQuery) -> LockPage | Awaitable[LockPage]:
         """A page of lock states ordered by resource."""
         ...
 

@@ -128,10 +128,11 @@ class NodeBackend:
                 device = await self.registry.add_member(who, network, device.device_id)
         return model.Registered(device_record(self.registry.get_device(who, device.device_id)), created)
 
-    async def get_device(self, principal: model.Principal, device_id: str) -> model.DeviceRecord:
+    # The reads below are plain functions: the bridge answers them in its hand-over, no task.
+    def get_device(self, principal: model.Principal, device_id: str) -> model.DeviceRecord:
         return device_record(self.registry.get_device(node_principal(principal), device_id))
 
-    async def list_devices(self, principal: model.Principal, query: model.DeviceQuery) -> model.DevicePage:
+    def list_devices(self, principal: model.Principal, query: model.DeviceQuery) -> model.DevicePage:
         flt = DeviceFilter(
             network_id=query.network_id,
             world_type=query.world_type,
@@ -291,9 +292,7 @@ class NodeBackend:
         await self.routing.connect(node_principal(principal), frames_in, frames_out)
 
     # -- capabilities ---------------------------------------------------------------------------
-    async def capabilities(
-        self, principal: model.Principal, network_id: str | None
-    ) -> model.CapabilitySnapshot:
+    def capabilities(self, principal: model.Principal, network_id: str | None) -> model.CapabilitySnapshot:
         who = node_principal(principal)
         if network_id is not None:
             self.registry.get_network(who, network_id)
@@ -327,8 +326,7 @@ class NodeBackend:
     ) -> model.LeaseInfo:
         return await self.locks.refresh(node_principal(principal), resource, fencing_token, lease_s)
 
-    async def list_locks(self, principal: model.Principal, query: model.LockQuery) -> model.LockPage:
-        await trio.lowlevel.checkpoint()
+    def list_locks(self, principal: model.Principal, query: model.LockQuery) -> model.LockPage:
         default = min(self.api.page_size_default, self.api.page_size_max)
         return self.locks.list(node_principal(principal), query, default, self.api.page_size_max)
 
