@@ -33,7 +33,7 @@ from node.errors import (
 from node.registry import Registry
 from node.relay.service import RelayService
 from node.relay.state import id_bytes, reach_of
-from node.router import DeliveryState, FlushHub, Outbox, Outcome, Session
+from node.router import DeliveryState, Outbox, Outcome, Session
 from node.rpc import model
 from store.queue import EnqueueItem
 from wire import DecodeError
@@ -133,7 +133,7 @@ class NodeRouting:
                 planned = relay.router.route(sender, frame)
         finally:
             restore()
-            _end_step(hub)
+            hub.flush()  # ends the step: writes what it queued
         if isinstance(planned, EnqueueItem):
             return self._send_durable(relay, frame, planned)
         return _send_result(frame, planned)
@@ -193,15 +193,7 @@ class NodeRouting:
         try:
             return relay.router.deliver_committed(frame, result)
         finally:
-            _end_step(hub)
-
-
-def _end_step(hub: FlushHub) -> None:
-    """End a synchronous routing step: write what it queued (as a session's reader does)."""
-    if hub.touched:
-        hub.flush()
-    else:
-        hub.active = False
+            hub.flush()  # ends the step: writes what it queued
 
 
 def _send_result(frame: FrameView, outcome: Outcome) -> model.SendResult:
