@@ -90,6 +90,17 @@ class Storage:
         except apsw.Error as exc:
             raise StoreError(f"store read failed: {exc}") from exc
 
+    def read_statement(
+        self, fn: Callable[Concatenate[apsw.Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run `fn(conn, *args, **kwargs)` inline without an explicit transaction: for an `fn`
+        that runs exactly one statement, which SQLite reads from one snapshot by itself (no
+        BEGIN and COMMIT round trips: for reads on a hot path)."""
+        try:
+            return fn(self._reader, *args, **kwargs)
+        except apsw.Error as exc:
+            raise StoreError(f"store read failed: {exc}") from exc
+
     # ------------------------------------------------------------------ writes
     async def write(
         self, fn: Callable[Concatenate[apsw.Connection, P], T], *args: P.args, **kwargs: P.kwargs

@@ -57,6 +57,18 @@ def device_networks(conn: apsw.Connection, device_id: str) -> tuple[str, ...]:
     return tuple(as_str(r[0]) for r in rows)
 
 
+def device_network_ids(conn: apsw.Connection, device_id: str) -> tuple[str, ...] | None:
+    """The networks a device belongs to, in one query; None when there is no such device."""
+    rows = conn.execute(
+        "SELECT m.network_id FROM devices d LEFT JOIN network_members m ON m.device_id = d.device_id"
+        " WHERE d.device_id = ? ORDER BY m.network_id",
+        (device_id,),
+    ).fetchall()
+    if not rows:
+        return None
+    return tuple(as_str(r[0]) for r in rows if r[0] is not None)
+
+
 def list_devices(conn: apsw.Connection, flt: DeviceFilter, *, after: str | None, limit: int) -> list[Device]:
     """Devices matching `flt`, ordered by id, starting after `after` (keyset pagination)."""
     where, args = _device_where(flt)

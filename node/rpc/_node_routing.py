@@ -121,9 +121,9 @@ class NodeRouting:
         source = str(frame.source_uuid)
         if who.role is Role.DEVICE and who.device_id != source:
             raise PermissionDenied("a device token may only send as its own device")
-        device = self.registry.get_device(who, source)  # NotFound outside the caller's scope
+        networks = self.registry.device_networks(who, source)  # NotFound outside the caller's scope
         relay.stats.messages_in += 1
-        sender, restore = self._sender(relay, frame, device.networks, who)
+        sender, restore = self._sender(relay, frame, networks, who)
         hub = relay.hub
         hub.active = True  # the router's inline flush (FlushHub): no writer task wakes for this
         try:

@@ -78,6 +78,26 @@ async def test_device_token_sees_only_its_networks(registry: Registry) -> None:
         await registry.heartbeat(viewer, mine)
 
 
+async def test_device_networks_match_get_device_within_each_scope(registry: Registry) -> None:
+    a, b, c = await _network(registry, "a"), await _network(registry, "b"), await _network(registry, "c")
+    shared = await _device(registry, a)
+    await registry.add_member(SYSTEM, c, shared)
+    await registry.add_member(SYSTEM, b, shared)
+    callers = [
+        SYSTEM,
+        Principal("tok_s", Role.SERVICE, networks=(b,)),
+        Principal("tok_d", Role.DEVICE, device_id=shared, networks=(a, c)),
+    ]
+    for who in callers:
+        assert registry.device_networks(who, shared) == registry.get_device(who, shared).networks
+    assert registry.device_networks(SYSTEM, shared) == tuple(sorted((a, b, c)))
+    assert registry.device_networks(callers[1], shared) == (b,)
+    outsider = Principal("tok_o", Role.SERVICE, networks=(await _network(registry, "d"),))
+    for who, device_id in ((outsider, shared), (SYSTEM, _id())):
+        with pytest.raises(NotFound):
+            registry.device_networks(who, device_id)
+
+
 async def test_pagination_walks_every_device_once(registry: Registry) -> None:
     net = await _network(registry)
     ids = {await _device(registry, net) for _ in range(23)}

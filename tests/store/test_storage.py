@@ -111,6 +111,22 @@ async def test_committed_data_survives_reopen_and_checkpoint(tmp_path: Path) -> 
         assert storage.read(meta.get, "p") == "persist"
 
 
+def _count_rows(conn: apsw.Connection, table: str) -> int:
+    (count,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+    return int(count)
+
+
+async def test_read_statement_sees_commits_and_maps_errors(tmp_path: Path) -> None:
+    async with open_storage(tmp_path / "s.db", StoreSettings()) as storage:
+        before = storage.read_statement(_count_rows, "meta")
+        await storage.write(_put, "rs", "1")
+        assert storage.read_statement(meta.get, "rs") == "1"
+        assert storage.read_statement(_count_rows, "meta") == before + 1
+        with pytest.raises(StoreError, match="no such table"):
+            storage.read_statement(_count_rows, "no_such_table")
+        assert storage.read(meta.get, "rs") == "1"  # the reader is left usable for transactions
+
+
 async def test_write_after_close_is_refused(tmp_path: Path) -> None:
     async with open_storage(tmp_path / "s.db", StoreSettings()) as storage:
         pass
