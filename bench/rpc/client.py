@@ -1,6 +1,7 @@
 """The one benchmark client for asgard.v1.Routing: grpclib (betterproto2 messages) on uvloop.
 
     python -m bench.rpc.client {unary,pingpong,stream} --port N [--count N] [--warmup N] [--size B]
+    python -m bench.rpc.client drain --port N --node TOKEN DEVICE NETWORK   # (started by unary)
 
 unary     sequential Send calls, each a new HTTP/2 stream; latency per call.
 pingpong  one Connect stream; send one frame, wait for its echo, repeat; latency per round trip.
@@ -9,8 +10,10 @@ stream    one Connect stream; a sender task writes --count frames as fast as it 
 Against a full node (`--node TOKEN DEVICE NETWORK`, server kind "node") the frames are real
 DIRECT device frames from DEVICE to itself: the Connect stream first registers DEVICE (a device
 session), and the node's router sends each frame back to that session, byte for byte — the
-"echo" is real routing. For unary, a second Connect stream registered as DEVICE drains the
-routed frames while the Send calls run (Send to an offline device would be refused).
+"echo" is real routing. For unary, a second Connect session of DEVICE, in a process of its own
+(`drain` mode: as another device would be), takes the routed frames while the Send calls run
+(Send to an offline device would be refused), so the measured client does what it does against
+the plain server: a call and its ack.
 Prints one JSON object. Loopback only; the whole run has a hard deadline (--deadline).
 """
 
@@ -18,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import signal
 import sys
 import time
 import uuid
@@ -88,25 +93,43 @@ def summary(samples_ns: list[int], elapsed_s: float, count: int, cpu_s: float) -
     }
 
 
-async def unary(channel: Channel, count: int, warmup: int, size: int) -> dict[str, float]:
-    if NODE:  # the destination must be online: a session that drains what is routed to it
-        async with channel.request(
-            CONNECT, Cardinality.STREAM_STREAM, pb.ConnectFrame, pb.ConnectFrame, metadata=METADATA
-        ) as drain:
-            await drain.send_request()
-            await register(drain)
-            task = asyncio.get_running_loop().create_task(_drain(drain))
-            try:
-                return await _unary(channel, count, warmup, size)
-            finally:
-                task.cancel()
-                await drain.cancel()
-    return await _unary(channel, count, warmup, size)
+async def unary(channel: Channel, count: int, warmup: int, size: int, port: int) -> dict[str, float]:
+    if not NODE:
+        return await _unary(channel, count, warmup, size)
+    # The destination must be online: another process holds a session that drains what is routed.
+    cmd = [sys.executable, "-m", "bench.rpc.client", "drain", "--port", str(port),
+           "--node", NODE["token"], NODE["device"], NODE["network"]]  # fmt: skip
+    drain = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
+    try:
+        assert drain.stdout is not None
+        line = await drain.stdout.readline()
+        if line.strip() != b"DRAINING":
+            raise RuntimeError(f"the drain session did not start: {line!r}")
+        return await _unary(channel, count, warmup, size)
+    finally:
+        if drain.returncode is None:
+            drain.terminate()
+        await drain.wait()
 
 
-async def _drain(stream: Any) -> None:
-    async for _ in stream:
-        pass
+async def drain(channel: Channel) -> None:
+    """A device session that reads and drops what the node routes to it, until SIGTERM."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await _drain_session(channel)
+
+
+async def _drain_session(channel: Channel) -> None:
+    async with channel.request(
+        CONNECT, Cardinality.STREAM_STREAM, pb.ConnectFrame, pb.ConnectFrame, metadata=METADATA
+    ) as stream:
+        await stream.send_request()
+        await register(stream)
+        print("DRAINING", flush=True)
+        async for _ in stream:
+            pass
 
 
 async def _unary(channel: Channel, count: int, warmup: int, size: int) -> dict[str, float]:
@@ -179,8 +202,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     channel = Channel("127.0.0.1", args.port)
     try:
         async with asyncio.timeout(args.deadline):
+            if args.mode == "drain":
+                await drain(channel)
+                return {}
             if args.mode == "unary":
-                result = await unary(channel, args.count, args.warmup, args.size)
+                result = await unary(channel, args.count, args.warmup, args.size, args.port)
             elif args.mode == "pingpong":
                 result = await pingpong(channel, args.count, args.warmup, args.size)
             else:
@@ -192,7 +218,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["unary", "pingpong", "stream"])
+    parser.add_argument("mode", choices=["unary", "pingpong", "stream", "drain"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--count", type=int, default=5000)
     parser.add_argument("--warmup", type=int, default=500)
@@ -203,6 +229,9 @@ def main() -> int:
     if args.node:
         NODE.update(zip(("token", "device", "network"), args.node, strict=True))
         METADATA["authorization"] = f"Bearer {args.node[0]}"
+    if args.mode == "drain":
+        uvloop.run(run(args))
+        return 0
     print(json.dumps(uvloop.run(run(args))), flush=True)
     return 0
 
