@@ -11,6 +11,7 @@ against the same client process (bench/rpc/client.py: grpclib on uvloop):
 Also reports the server's CPU seconds during the client run (/proc/PID/stat utime+stime) and the
 client's own CPU over its measured part as % of one core (near 100: the client is the limit).
 Targets (issue 4): p50 and p99 within 1.1x of the plain server; >= 15k msg/s on one stream.
+The table gives every server's ratio to `plain` (the server kinds: bench/rpc/servers.py).
 Every run goes to bench/results/rpc-<time>.jsonl; the table shows medians over rounds.
 Loopback only; each server runs in its own process group and is stopped after its run.
 """
@@ -35,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 PY = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SERVER_KINDS = ("asgard", "asgard-swi", "plain", "plain-uvloop", "node")
+SERVER_KINDS = ("asgard", "asgard-swi", "plain", "plain-uvloop", "node", "hop")
 
 
 def free_port() -> int:
@@ -125,17 +126,17 @@ def table(runs: list[dict[str, Any]], servers: list[str], modes: list[str]) -> s
                 f" {m['p999_us']:7.0f} {m['max_us']:8.0f} {m['rate_per_s']:8.0f} {m['server_cpu_s']:6.2f}"
                 f" {busy:5.0f}"
             )
-        if "asgard" in medians and "plain" in medians:
-            a, p = medians["asgard"], medians["plain"]
-            if mode == "stream":
-                lines.append(
-                    f"{'':9} {'ratio':13} rate asgard/plain = {a['rate_per_s'] / p['rate_per_s']:.2f}"
-                )
-            else:
-                p50, p99 = a["p50_us"] / p["p50_us"], a["p99_us"] / p["p99_us"]
-                lines.append(
-                    f"{'':9} {'ratio':13} p50 {p50:.2f}x  p99 {p99:.2f}x  (asgard / plain; target <= 1.10)"
-                )
+        if "plain" in medians:
+            p = medians["plain"]
+            for kind in servers:
+                if kind == "plain":
+                    continue
+                a, head = medians[kind], f"{'':9} {'ratio':13}"
+                if mode == "stream":
+                    lines.append(f"{head} rate {kind}/plain = {a['rate_per_s'] / p['rate_per_s']:.2f}")
+                else:
+                    p50, p99 = a["p50_us"] / p["p50_us"], a["p99_us"] / p["p99_us"]
+                    lines.append(f"{head} p50 {p50:.2f}x  p99 {p99:.2f}x  ({kind} / plain; target <= 1.10)")
     return "\n".join(lines)
 
 

@@ -5,9 +5,14 @@
     python -m bench.rpc.servers asgard-swi --port N   # Asgard with sys.setswitchinterval(0.5 ms)
     python -m bench.rpc.servers plain-uvloop --port N # the reference on uvloop
     python -m bench.rpc.servers node --port N     # the whole node (run_node): real routing
+    python -m bench.rpc.servers hop --port N      # the floor of the island design (see below)
 
 Both use the same generated betterproto2 messages and answer the same way; the reference is what
 a user would write without Trio: handlers answer inside the asyncio loop (no auth, no bridge).
+`hop` is the least any server built the island way can do: the reference's handlers on grpclib on a
+uvloop thread, each request or message crossing to a Trio thread (`TrioToken.run_sync_soon`) and
+its answer crossing back (`loop.call_soon_threadsafe`), with no work on the Trio side: no auth, no
+bridge bounds, no routing. What it costs over `plain` is the two thread hand-overs alone.
 Each prints "READY <port>" when listening and stops on SIGTERM/SIGINT. The node prints
 "READY <port> <token> <device> <network>": a service token, and the device and network the client
 registers its Connect session as (see bench/rpc/client.py).
@@ -69,6 +74,72 @@ async def _plain(port: int) -> None:
     await server.wait_closed()
 
 
+class HopRouting(PlainRouting):
+    """The reference's answers, each request or message first taken to Trio and back."""
+
+    def __init__(self, token: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._token = token
+        self._loop = loop
+
+    def _via_trio(self, frame: bytes) -> asyncio.Future[bytes]:
+        future: asyncio.Future[bytes] = self._loop.create_future()
+
+        def on_trio() -> None:  # the Trio thread: hand the frame straight back
+            self._loop.call_soon_threadsafe(future.set_result, frame)
+
+        self._token.run_sync_soon(on_trio)
+        return future
+
+    async def send(self, stream: Any) -> None:
+        request = await stream.recv_message()
+        frame = await self._via_trio(request.frame)
+        message_id = int.from_bytes(frame[4:12], "big") if len(frame) >= 12 else 0
+        await stream.send_message(
+            pb.SendAck(message_id=message_id, status=pb.DeliveryStatus.DELIVERED, recipients=1)
+        )
+
+    async def connect(self, stream: Any) -> None:
+        async for message in stream:
+            await stream.send_message(pb.ConnectFrame(frame=await self._via_trio(message.frame)))
+
+
+def _hop(port: int) -> None:
+    import threading
+
+    import grpclib.server
+    import trio
+    import uvloop
+
+    def island(token: Any, ready: threading.Event, stop: threading.Event) -> None:
+        async def main() -> None:
+            server = grpclib.server.Server([HopRouting(token, asyncio.get_running_loop())])
+            await server.start("127.0.0.1", port)
+            ready.set()
+            while not stop.is_set():  # polled: this bench server has nothing else to stop it
+                await asyncio.sleep(0.1)
+            server.close()
+            await server.wait_closed()
+
+        uvloop.run(main())
+
+    async def main() -> None:
+        ready, stop = threading.Event(), threading.Event()
+        token = trio.lowlevel.current_trio_token()
+        thread = threading.Thread(target=island, args=(token, ready, stop), name="hop-island")
+        thread.start()
+        try:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                await trio.to_thread.run_sync(ready.wait)
+                print(f"READY {port}", flush=True)
+                async for _ in signals:
+                    break
+        finally:
+            stop.set()
+            await trio.to_thread.run_sync(thread.join)
+
+    trio.run(main)
+
+
 def _asgard(port: int) -> None:
     import trio
 
@@ -126,13 +197,15 @@ def _node(port: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["asgard", "asgard-swi", "plain", "plain-uvloop", "node"])
+    parser.add_argument("kind", choices=["asgard", "asgard-swi", "plain", "plain-uvloop", "node", "hop"])
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     if args.kind == "asgard":
         _asgard(args.port)
     elif args.kind == "node":
         _node(args.port)
+    elif args.kind == "hop":
+        _hop(args.port)
     elif args.kind == "asgard-swi":
         # Experiment: two busy threads hand the GIL over faster with a shorter switch interval.
         sys.setswitchinterval(0.0005)
