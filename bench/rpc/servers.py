@@ -6,6 +6,7 @@
     python -m bench.rpc.servers plain-uvloop --port N # the reference on uvloop
     python -m bench.rpc.servers node --port N     # the whole node (run_node): real routing
     python -m bench.rpc.servers hop --port N      # the floor of the island design (see below)
+    python -m bench.rpc.servers h2trio --port N   # the other design: h2 on Trio (bench/rpc/h2trio.py)
 
 Both use the same generated betterproto2 messages and answer the same way; the reference is what
 a user would write without Trio: handlers answer inside the asyncio loop (no auth, no bridge).
@@ -31,6 +32,7 @@ from grpclib.const import Cardinality, Handler
 from protos.gen.asgard import v1 as pb
 
 TOKEN = "asg_bench"
+KINDS = ("asgard", "asgard-swi", "plain", "plain-uvloop", "node", "hop", "h2trio")
 
 
 class PlainRouting:
@@ -197,7 +199,7 @@ def _node(port: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["asgard", "asgard-swi", "plain", "plain-uvloop", "node", "hop"])
+    parser.add_argument("kind", choices=[*KINDS])
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     if args.kind == "asgard":
@@ -206,6 +208,10 @@ def main() -> int:
         _node(args.port)
     elif args.kind == "hop":
         _hop(args.port)
+    elif args.kind == "h2trio":
+        from bench.rpc import h2trio
+
+        h2trio.main(args.port)
     elif args.kind == "asgard-swi":
         # Experiment: two busy threads hand the GIL over faster with a shorter switch interval.
         sys.setswitchinterval(0.0005)
