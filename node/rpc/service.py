@@ -57,15 +57,58 @@ class _Mapping:
         return self._mapping
 
 
-class _Server(grpclib.server.Server):
-    """grpclib's server, remembering its connections so shutdown can close them."""
+class _Admitted(H2Protocol):
+    """grpclib's protocol for one connection, admitted only while the server holds fewer than
+    `max_connections`: one more is aborted on arrival, before it costs an HTTP/2 state machine."""
 
-    def __init__(self, handlers: list[Any]) -> None:
+    def __init__(self, server: _Server, made: H2Protocol) -> None:
+        super().__init__(made.handler, made.config, made.h2_config)
+        self._server = server
+        self._admitted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self._server
+        if server.open_connections >= server.max_connections:
+            server.refused_connections += 1
+            self.handler.close()  # nothing ran on it; grpclib forgets the handler
+            transport.close()  # nothing was written: the peer reads the end at once
+            return
+        self._admitted = True
+        server.open_connections += 1
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._admitted:
+            super().data_received(data)
+
+    def pause_writing(self) -> None:
+        if self._admitted:
+            super().pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._admitted:
+            super().resume_writing()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._admitted:
+            self._admitted = False
+            self._server.open_connections -= 1
+            super().connection_lost(exc)
+
+
+class _Server(grpclib.server.Server):
+    """grpclib's server, remembering its connections so shutdown can close them, and holding at
+    most `max_connections` of them (island thread)."""
+
+    def __init__(self, handlers: list[Any], max_connections: int) -> None:
         super().__init__(handlers, codec=RouterCodec())
         self.protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
+        self.max_connections = max_connections
+        self.open_connections = 0
+        self.refused_connections = 0
 
     def _protocol_factory(self) -> H2Protocol:
-        protocol = super()._protocol_factory()
+        protocol = _Admitted(self, super()._protocol_factory())
         self.protocols.add(protocol)
         return protocol
 
@@ -135,15 +178,24 @@ class RpcServer:
         """Apply the live fields of `settings` (see `node.rpc.settings`); call from Trio."""
         self._settings = settings
         self._health_service.public = settings.public_health
-        gate = self._gate
-        if gate is not None and self._island is not None:
-            self._island.call_soon(gate.apply_settings, settings)
+        if self._gate is not None and self._island is not None:
+            self._island.call_soon(self._apply_on_island, settings)
+
+    def _apply_on_island(self, settings: RpcSettings) -> None:
+        if self._gate is not None:
+            self._gate.apply_settings(settings)
+        if self._server is not None:
+            self._server.max_connections = settings.max_connections
 
     def statistics(self) -> dict[str, int]:
-        """Bridge counters and calls in the gate."""
+        """Bridge counters, calls in the gate, client connections open and refused."""
         stats = {} if self._island is None else self._island.statistics()
         if self._gate is not None:
             stats["active_calls"] = self._gate.active_calls()
+        server = self._server
+        if server is not None:  # plain ints the island updates: a read from Trio is safe
+            stats["connections_open"] = server.open_connections
+            stats["connections_refused"] = server.refused_connections
         return stats
 
     async def _serve_on(self, island: Island, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
@@ -227,7 +279,8 @@ class RpcServer:
     ) -> tuple[str, int]:
         assert self._gate is not None
         gate = self._gate
-        server = _Server([_Mapping({m.name: gate.handler(m) for m in methods})])
+        mapping = _Mapping({m.name: gate.handler(m) for m in methods})
+        server = _Server([mapping], self._settings.max_connections)
         await server.start(sock=sock, ssl=context, backlog=_BACKLOG)
         self._server = server
         self.health.attach(asyncio.get_running_loop())

@@ -97,6 +97,13 @@ class RpcSettings(_Section):
         description="Calls and streams handed to the node at once; more get RESOURCE_EXHAUSTED.",
         json_schema_extra=LIVE,
     )
+    max_connections: int = Field(
+        1024,
+        ge=1,
+        le=100_000,
+        description="Client connections held at once; one more is closed as soon as it is accepted.",
+        json_schema_extra=LIVE,
+    )
     stream_window: int = Field(
         64, ge=2, le=65_536, description="Messages in flight per stream direction (flow control)."
     )

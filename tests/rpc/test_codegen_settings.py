@@ -48,6 +48,7 @@ def test_every_field_is_described_and_live_fields_are_marked() -> None:
     assert live == {
         "max_message_bytes",
         "max_in_flight",
+        "max_connections",
         "default_call_timeout_s",
         "shutdown_grace_s",
         "auth_cache_ttl_s",

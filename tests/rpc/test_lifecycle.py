@@ -234,3 +234,73 @@ async def test_a_port_in_use_fails_the_start_and_stops_the_thread(
             with pytest.raises(OSError, match=r"(?i)address already in use"):
                 await nursery.start(RpcServer(settings, backend, authenticator).serve)
     assert _island_threads() == []
+
+
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + empty SETTINGS
+
+
+async def _h2_connection(port: int) -> trio.SocketStream:
+    """A raw client connection the server took: it answered the preface with its SETTINGS."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(_PREFACE)
+    head = b""
+    while len(head) < 9:
+        more = await stream.receive_some(9 - len(head))
+        assert more, "the server closed an admitted connection"
+        head += more
+    assert head[3] == 4  # frame type SETTINGS
+    return stream
+
+
+async def _closed_at_once(port: int) -> bool:
+    """Connect, say the preface, and tell whether the server closed without a byte of HTTP/2."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    try:
+        with trio.fail_after(CALL_TIMEOUT_S):
+            try:
+                await stream.send_all(_PREFACE)
+                return await stream.receive_some(9) == b""
+            except trio.BrokenResourceError:  # reset: closed as well
+                return True
+    finally:
+        await stream.aclose()
+
+
+async def _on_island() -> None:
+    return None
+
+
+async def test_connections_over_the_limit_are_closed_on_arrival(
+    stubs: SimpleNamespace, backend: MemoryBackend, authenticator: StaticAuthenticator
+) -> None:
+    settings = RpcSettings(host="127.0.0.1", port=0, max_connections=2, shutdown_grace_s=1.0)
+    server = RpcServer(settings, backend, authenticator)
+    async with trio.open_nursery() as nursery:
+        _, port = await nursery.start(server.serve)
+        held = [await _h2_connection(port), await _h2_connection(port)]
+        assert await _closed_at_once(port)
+        stats = server.statistics()
+        assert (stats["connections_open"], stats["connections_refused"]) == (2, 1)
+
+        await held.pop().aclose()  # a slot frees once the server has seen the close
+        with trio.fail_after(CALL_TIMEOUT_S):
+            while server.statistics()["connections_open"] != 1:
+                await trio.sleep(0.01)
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        try:
+            client = Client(channel, stubs)
+            health = await client.call(client.health.Check, stubs.health.HealthCheckRequest())
+            assert health.status == stubs.health.HealthCheckResponse.SERVING
+            assert await _closed_at_once(port)  # the gRPC client holds the second slot
+
+            server.apply_settings(settings.model_copy(update={"max_connections": 3}))  # live
+            assert server.island is not None
+            await server.island.run(_on_island)  # the island has taken the new limit
+            held.append(await _h2_connection(port))
+            assert await _closed_at_once(port)
+            assert server.statistics()["connections_refused"] == 3
+        finally:
+            channel.close()
+            for stream in held:
+                await stream.aclose()
+        nursery.cancel_scope.cancel()
