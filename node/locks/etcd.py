@@ -14,8 +14,7 @@ of its key is a fencing token: etcd revisions only grow, cluster-wide.
 
 from __future__ import annotations
 
-import base64
-from base64 import b64encode
+from base64 import b64decode, b64encode
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -28,11 +27,11 @@ from node.locks._http import GatewayClient, JsonLines
 
 
 def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
+    return b64encode(raw).decode("ascii")
 
 
 def _unb64(text: str) -> bytes:
-    return base64.b64decode(text)
+    return b64decode(text)
 
 
 def prefix_end(prefix: bytes) -> bytes:
