@@ -59,9 +59,11 @@ class _Mapping:
 
 class _Admitted(H2Protocol):
     """grpclib's protocol for one connection, admitted only while the server holds fewer than
-    `max_connections`: one more is aborted on arrival, before it costs an HTTP/2 state machine."""
+    `max_connections`: one more is closed on arrival, before it costs an HTTP/2 state machine."""
 
     def __init__(self, server: _Server, made: H2Protocol) -> None:
+        # `made` is grpclib's own protocol (its handler registered with the server); this one
+        # takes its parts.
         super().__init__(made.handler, made.config, made.h2_config)
         self._server = server
         self._admitted = False
