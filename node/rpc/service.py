@@ -40,6 +40,8 @@ SERVICE_NAMES = (
     _health.SERVICE,
 )
 _CLOSE_TIMEOUT_S = 2.0
+_HANDSHAKE_BYTES = 24 + 9
+"""The client connection preface (RFC 9113 §3.4) and the header of the SETTINGS frame after it."""
 _BACKLOG = 128
 
 
@@ -59,7 +61,10 @@ class _Mapping:
 
 class _Admitted(H2Protocol):
     """grpclib's protocol for one connection, admitted only while the server holds fewer than
-    `max_connections`: one more is closed on arrival, before it costs an HTTP/2 state machine."""
+    `max_connections`: one more is closed on arrival, before it costs an HTTP/2 state machine.
+    An admitted connection that has not sent the HTTP/2 preface and a frame header (the
+    SETTINGS every client sends first) within `handshake_timeout_s` is closed too, so a socket
+    that says nothing cannot keep a slot."""
 
     def __init__(self, server: _Server, made: H2Protocol) -> None:
         # `made` is grpclib's own protocol (its handler registered with the server); this one
@@ -67,6 +72,8 @@ class _Admitted(H2Protocol):
         super().__init__(made.handler, made.config, made.h2_config)
         self._server = server
         self._admitted = False
+        self._handshake: asyncio.TimerHandle | None = None
+        self._received = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server = self._server
@@ -77,11 +84,25 @@ class _Admitted(H2Protocol):
             return
         self._admitted = True
         server.open_connections += 1
+        loop = asyncio.get_running_loop()
+        self._handshake = loop.call_later(server.handshake_timeout_s, self._handshake_due, transport)
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
+        if not self._admitted:
+            return
+        if self._handshake is not None:
+            self._received += len(data)
+            if self._received >= _HANDSHAKE_BYTES:
+                self._handshake.cancel()
+                self._handshake = None
+        super().data_received(data)
+
+    def _handshake_due(self, transport: asyncio.BaseTransport) -> None:
+        self._handshake = None
         if self._admitted:
-            super().data_received(data)
+            self._server.handshake_timeouts += 1
+            transport.close()  # connection_lost follows and frees the slot
 
     def pause_writing(self) -> None:
         if self._admitted:
@@ -92,6 +113,9 @@ class _Admitted(H2Protocol):
             super().resume_writing()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._handshake is not None:
+            self._handshake.cancel()
+            self._handshake = None
         if self._admitted:
             self._admitted = False
             self._server.open_connections -= 1
@@ -102,12 +126,14 @@ class _Server(grpclib.server.Server):
     """grpclib's server, remembering its connections so shutdown can close them, and holding at
     most `max_connections` of them (island thread)."""
 
-    def __init__(self, handlers: list[Any], max_connections: int) -> None:
+    def __init__(self, handlers: list[Any], settings: RpcSettings) -> None:
         super().__init__(handlers, codec=RouterCodec())
         self.protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
-        self.max_connections = max_connections
+        self.max_connections = settings.max_connections
+        self.handshake_timeout_s = settings.handshake_timeout_s
         self.open_connections = 0
         self.refused_connections = 0
+        self.handshake_timeouts = 0
 
     def _protocol_factory(self) -> H2Protocol:
         protocol = _Admitted(self, super()._protocol_factory())
@@ -188,6 +214,7 @@ class RpcServer:
             self._gate.apply_settings(settings)
         if self._server is not None:
             self._server.max_connections = settings.max_connections
+            self._server.handshake_timeout_s = settings.handshake_timeout_s
 
     def statistics(self) -> dict[str, int]:
         """Bridge counters, calls in the gate, client connections open and refused."""
@@ -198,6 +225,7 @@ class RpcServer:
         if server is not None:  # plain ints the island updates: a read from Trio is safe
             stats["connections_open"] = server.open_connections
             stats["connections_refused"] = server.refused_connections
+            stats["handshake_timeouts"] = server.handshake_timeouts
         return stats
 
     async def _serve_on(self, island: Island, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
@@ -282,7 +310,7 @@ class RpcServer:
         assert self._gate is not None
         gate = self._gate
         mapping = _Mapping({m.name: gate.handler(m) for m in methods})
-        server = _Server([mapping], self._settings.max_connections)
+        server = _Server([mapping], self._settings)
         await server.start(sock=sock, ssl=context, backlog=_BACKLOG)
         self._server = server
         self.health.attach(asyncio.get_running_loop())

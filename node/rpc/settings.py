@@ -104,6 +104,14 @@ class RpcSettings(_Section):
         description="Client connections held at once; one more is closed as soon as it is accepted.",
         json_schema_extra=LIVE,
     )
+    handshake_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="A client connection must have sent the HTTP/2 preface and its SETTINGS within "
+        "this time of being accepted (after TLS), or it is closed.",
+        json_schema_extra=LIVE,
+    )
     stream_window: int = Field(
         64, ge=2, le=65_536, description="Messages in flight per stream direction (flow control)."
     )

@@ -49,6 +49,7 @@ def test_every_field_is_described_and_live_fields_are_marked() -> None:
         "max_message_bytes",
         "max_in_flight",
         "max_connections",
+        "handshake_timeout_s",
         "default_call_timeout_s",
         "shutdown_grace_s",
         "auth_cache_ttl_s",

@@ -304,3 +304,35 @@ async def test_connections_over_the_limit_are_closed_on_arrival(
             for stream in held:
                 await stream.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_connection_that_says_nothing_is_closed_after_the_handshake_timeout(
+    backend: MemoryBackend, authenticator: StaticAuthenticator
+) -> None:
+    settings = RpcSettings(host="127.0.0.1", port=0, handshake_timeout_s=0.2, shutdown_grace_s=1.0)
+    server = RpcServer(settings, backend, authenticator)
+    async with trio.open_nursery() as nursery:
+        _, port = await nursery.start(server.serve)
+        talker = await _h2_connection(port)  # sent the preface and SETTINGS: past the handshake
+        silent = await trio.open_tcp_stream("127.0.0.1", port)
+        half = await trio.open_tcp_stream("127.0.0.1", port)
+        await half.send_all(_PREFACE[:20])  # most of the preface, then nothing
+        with trio.fail_after(CALL_TIMEOUT_S):
+            for stream in (silent, half):
+                try:
+                    while await stream.receive_some(1 << 16):  # `half` gets the server's SETTINGS
+                        pass
+                except trio.BrokenResourceError:
+                    pass
+        assert server.statistics()["handshake_timeouts"] == 2
+        # The talker's own timer ran out before the silent ones' did: it is still served.
+        await talker.send_all(bytes([0, 0, 8, 6, 0, 0, 0, 0, 0]) + b"pingpong")  # PING
+        with trio.fail_after(CALL_TIMEOUT_S):
+            answer = b""
+            while b"pingpong" not in answer:
+                more = await talker.receive_some(1 << 16)
+                assert more, "the server closed a connection that had finished its handshake"
+                answer += more
+        for stream in (talker, silent, half):
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
