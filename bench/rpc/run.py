@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 PY = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SERVER_KINDS = ("asgard", "asgard-swi", "plain", "plain-uvloop", "node", "hop", "h2trio")
+SERVER_KINDS = ("asgard", "asgard-swi", "plain", "plain-uvloop", "node", "hop", "h2trio", "h2trio-node")
 
 
 def free_port() -> int:

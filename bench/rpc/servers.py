@@ -7,6 +7,7 @@
     python -m bench.rpc.servers node --port N     # the whole node (run_node): real routing
     python -m bench.rpc.servers hop --port N      # the floor of the island design (see below)
     python -m bench.rpc.servers h2trio --port N   # the other design: h2 on Trio (bench/rpc/h2trio.py)
+    python -m bench.rpc.servers h2trio-node --port N  # the whole node served that way
 
 Both use the same generated betterproto2 messages and answer the same way; the reference is what
 a user would write without Trio: handlers answer inside the asyncio loop (no auth, no bridge).
@@ -32,7 +33,7 @@ from grpclib.const import Cardinality, Handler
 from protos.gen.asgard import v1 as pb
 
 TOKEN = "asg_bench"
-KINDS = ("asgard", "asgard-swi", "plain", "plain-uvloop", "node", "hop", "h2trio")
+KINDS = ("asgard", "asgard-swi", "plain", "plain-uvloop", "node", "hop", "h2trio", "h2trio-node")
 
 
 class PlainRouting:
@@ -163,36 +164,49 @@ def _asgard(port: int) -> None:
     trio.run(main)
 
 
-def _node(port: int) -> None:
+def _node(port: int, *, h2trio: bool = False) -> None:
+    """The whole node; with `h2trio`, its gRPC surface is served by bench/rpc/h2trio.py on `port`
+    (the node's own router listens on a free port, unused)."""
     import tempfile
     import uuid
     from functools import partial
     from pathlib import Path
+    from types import SimpleNamespace
 
     import trio
 
     from node.app import ephemeral_overrides, run_node
     from node.auth import SYSTEM, Role
     from node.config import load_settings
+    from node.rpc.node_backend import NodeAuthenticator
 
     async def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             values = ephemeral_overrides(Path(tmp)) | {
-                "rpc.port": port,
+                "rpc.port": 0 if h2trio else port,
                 "rpc.reflection": False,
                 "logging.console": False,
                 "turn.enabled": False,
             }
             settings = load_settings(None, environ={}, overrides=values).settings
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async with trio.open_nursery() as nursery:
-                    handle = await nursery.start(partial(run_node, settings, handle_signals=False))
-                    network = await handle.registry.create_network(SYSTEM, "bench")
-                    secret, _ = await handle.tokens.create(name="bench", role=Role.SERVICE)
-                    print(f"READY {port} {secret} {uuid.uuid4()} {network.network_id}", flush=True)
-                    async for _ in signals:
-                        handle.stop()
-                        break
+            async with trio.open_nursery() as nursery:
+                handle = await nursery.start(partial(run_node, settings, handle_signals=False))
+                network = await handle.registry.create_network(SYSTEM, "bench")
+                secret, _ = await handle.tokens.create(name="bench", role=Role.SERVICE)
+                ready = f"READY {port} {secret} {uuid.uuid4()} {network.network_id}"
+                if h2trio:
+                    from bench.rpc import h2trio as served
+
+                    node = SimpleNamespace(
+                        backend=handle.extra["rpc"].backend, authenticator=NodeAuthenticator(handle.tokens)
+                    )
+                    await served.serve(port, node, ready=ready)
+                else:
+                    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                        print(ready, flush=True)
+                        async for _ in signals:
+                            break
+                handle.stop()
 
     trio.run(main)
 
@@ -208,6 +222,8 @@ def main() -> int:
         _node(args.port)
     elif args.kind == "hop":
         _hop(args.port)
+    elif args.kind == "h2trio-node":
+        _node(args.port, h2trio=True)
     elif args.kind == "h2trio":
         from bench.rpc import h2trio
 
