@@ -302,12 +302,17 @@ async def _connection(stream: trio.SocketStream, node: Any = None) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def serve(port: int, node: Any = None, *, ready: str | None = None) -> None:
-    """Serve on 127.0.0.1:`port` until SIGTERM/SIGINT; print "READY ..." once listening."""
+async def serve(port: int, node: Any = None, *, ready: str | None = None, fast: bool = False) -> None:
+    """Serve on 127.0.0.1:`port` until SIGTERM/SIGINT; print "READY ..." once listening. With
+    `fast`, the node is served in the mesh link's form (bench/rpc/h2fast.py)."""
     listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            handler = _connection if node is None else (lambda s: _connection(s, node))
+            handler: Any = _connection if node is None else (lambda s: _connection(s, node))
+            if fast:
+                from bench.rpc import h2fast
+
+                handler = lambda s: h2fast._connection(s, node)  # noqa: E731
             nursery.start_soon(trio.serve_listeners, handler, listeners)
             print(ready or f"READY {port}", flush=True)
             async for _ in signals:

@@ -36,7 +36,17 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 PY = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SERVER_KINDS = ("asgard", "asgard-swi", "plain", "plain-uvloop", "node", "hop", "h2trio", "h2trio-node")
+SERVER_KINDS = (
+    "asgard",
+    "asgard-swi",
+    "plain",
+    "plain-uvloop",
+    "node",
+    "hop",
+    "h2trio",
+    "h2trio-node",
+    "h2fast-node",
+)
 
 
 def free_port() -> int:

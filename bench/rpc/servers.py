@@ -8,6 +8,7 @@
     python -m bench.rpc.servers hop --port N      # the floor of the island design (see below)
     python -m bench.rpc.servers h2trio --port N   # the other design: h2 on Trio (bench/rpc/h2trio.py)
     python -m bench.rpc.servers h2trio-node --port N  # the whole node served that way
+    python -m bench.rpc.servers h2fast-node --port N  # ... in the mesh link's form (h2fast.py)
 
 Both use the same generated betterproto2 messages and answer the same way; the reference is what
 a user would write without Trio: handlers answer inside the asyncio loop (no auth, no bridge).
@@ -33,7 +34,17 @@ from grpclib.const import Cardinality, Handler
 from protos.gen.asgard import v1 as pb
 
 TOKEN = "asg_bench"
-KINDS = ("asgard", "asgard-swi", "plain", "plain-uvloop", "node", "hop", "h2trio", "h2trio-node")
+KINDS = (
+    "asgard",
+    "asgard-swi",
+    "plain",
+    "plain-uvloop",
+    "node",
+    "hop",
+    "h2trio",
+    "h2trio-node",
+    "h2fast-node",
+)
 
 
 class PlainRouting:
@@ -164,7 +175,7 @@ def _asgard(port: int) -> None:
     trio.run(main)
 
 
-def _node(port: int, *, h2trio: bool = False) -> None:
+def _node(port: int, *, h2trio: bool = False, fast: bool = False) -> None:
     """The whole node; with `h2trio`, its gRPC surface is served by bench/rpc/h2trio.py on `port`
     (the node's own router listens on a free port, unused)."""
     import tempfile
@@ -200,7 +211,7 @@ def _node(port: int, *, h2trio: bool = False) -> None:
                     node = SimpleNamespace(
                         backend=handle.extra["rpc"].backend, authenticator=NodeAuthenticator(handle.tokens)
                     )
-                    await served.serve(port, node, ready=ready)
+                    await served.serve(port, node, ready=ready, fast=fast)
                 else:
                     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                         print(ready, flush=True)
@@ -224,6 +235,8 @@ def main() -> int:
         _hop(args.port)
     elif args.kind == "h2trio-node":
         _node(args.port, h2trio=True)
+    elif args.kind == "h2fast-node":
+        _node(args.port, h2trio=True, fast=True)
     elif args.kind == "h2trio":
         from bench.rpc import h2trio
 
