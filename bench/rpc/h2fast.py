@@ -107,14 +107,17 @@ class _FastConnection(_NodeConnection):
             self._out.append(earlier)
         self._out.append(frames)
 
-    def _flush(self, stream_id: int, call: _Call) -> None:
+    def _write_pending(self, stream_id: int, call: _Call) -> bool:
+        """Frame the call's pending messages here within the peer's windows."""
         pending, conn = call.pending, self.h2
         stream = conn.streams.get(stream_id)
-        while pending and stream is not None:
+        if stream is None:
+            return False
+        while pending:
             window = min(conn.outbound_flow_control_window, stream.outbound_flow_control_window)
             window = min(window, conn.max_outbound_frame_size)
             if window <= 0:
-                return
+                return False
             data = pending.popleft()
             if len(data) > window:
                 pending.appendleft(data[window:])
@@ -123,13 +126,10 @@ class _FastConnection(_NodeConnection):
             # What h2's send_data does besides building frame objects: the windows shrink.
             conn.outbound_flow_control_window -= len(data)
             stream.outbound_flow_control_window -= len(data)
-        if call.drained is not None and not pending:
-            call.drained.set()
-            call.drained = None
-        if call.trailers is not None and not pending and self.calls.get(stream_id) is call:
-            self.h2.send_headers(stream_id, call.trailers, end_stream=True)
-            del self.calls[stream_id]
-            self._unacked.pop(stream_id, None)
+        return True
+
+    def _call_done(self, stream_id: int) -> None:
+        self._unacked.pop(stream_id, None)
 
     def kick(self) -> None:
         """Write what is queued, h2's frames after ours, without waiting."""

@@ -167,22 +167,34 @@ class _Connection:
         self._flush(stream_id, call)
 
     def _flush(self, stream_id: int, call: _Call) -> None:
-        pending = call.pending
-        while pending:
-            window = min(self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size)
-            if window <= 0:
-                return
-            data = pending.popleft()
-            if len(data) > window:
-                pending.appendleft(data[window:])
-                data = data[:window]
-            self.h2.send_data(stream_id, data)
+        """Write what the window allows; once all is out, wake a waiting sender and send the
+        trailers if the call has ended."""
+        if not self._write_pending(stream_id, call):
+            return
         if call.drained is not None:
             call.drained.set()
             call.drained = None
         if call.trailers is not None and self.calls.get(stream_id) is call:
             self.h2.send_headers(stream_id, call.trailers, end_stream=True)
             del self.calls[stream_id]
+            self._call_done(stream_id)
+
+    def _write_pending(self, stream_id: int, call: _Call) -> bool:
+        """Hand the call's pending DATA to h2 within the peer's window; True once all is out."""
+        pending = call.pending
+        while pending:
+            window = min(self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size)
+            if window <= 0:
+                return False
+            data = pending.popleft()
+            if len(data) > window:
+                pending.appendleft(data[window:])
+                data = data[:window]
+            self.h2.send_data(stream_id, data)
+        return True
+
+    def _call_done(self, stream_id: int) -> None:
+        """A call's stream has ended on our side (for subclasses' own per-stream state)."""
 
     def finish(self, stream_id: int, call: _Call, status: bytes, message: bytes) -> None:
         """End the call with `grpc-status` once every DATA before it is out."""

@@ -32,21 +32,13 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from bench.rpc.servers import KINDS
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 PY = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SERVER_KINDS = (
-    "asgard",
-    "asgard-swi",
-    "plain",
-    "plain-uvloop",
-    "node",
-    "hop",
-    "h2trio",
-    "h2trio-node",
-    "h2fast-node",
-)
+SERVER_KINDS = KINDS
 
 
 def free_port() -> int:
