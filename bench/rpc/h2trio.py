@@ -25,6 +25,7 @@ written in line without a writer task).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import signal
 import struct
 from collections import deque
@@ -244,7 +245,7 @@ class _NodeConnection(_Connection):
             frame = pb.SendRequest.parse(body).frame
             try:
                 result = self.node.backend.send(principal, frame)
-                if not isinstance(result, tuple) and hasattr(result, "__await__"):
+                if inspect.isawaitable(result):  # a DURABLE frame: its queue commit
                     result = await result
             except Exception as exc:
                 self.finish(stream_id, call, b"13", str(exc).encode()[:200])

@@ -143,7 +143,8 @@ def _hop(port: int) -> None:
         thread.start()
         try:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                await trio.to_thread.run_sync(ready.wait)
+                if not await trio.to_thread.run_sync(ready.wait, 30.0):
+                    raise RuntimeError("the hop server's grpclib thread did not start")
                 print(f"READY {port}", flush=True)
                 async for _ in signals:
                     break
