@@ -22,7 +22,7 @@ from typing import Any
 import h2.exceptions
 import trio
 
-from bench.rpc.h2trio import _Call, _NodeConnection
+from bench.rpc.h2trio import _Call, _NodeConnection, take
 from node.mesh._h2frames import DATA, END_STREAM, HEAD_BYTES, PADDED, data_head, opens_block, parse_head
 from node.mesh._h2frames import window_update as window_update_frame
 from node.mesh._wire import PlainWire, accept_wire
@@ -118,10 +118,7 @@ class _FastConnection(_NodeConnection):
             window = min(window, conn.max_outbound_frame_size)
             if window <= 0:
                 return False
-            data = pending.popleft()
-            if len(data) > window:
-                pending.appendleft(data[window:])
-                data = data[:window]
+            data = take(pending, window)
             self._own(data_head(len(data), stream_id) + data)
             # What h2's send_data does besides building frame objects: the windows shrink.
             conn.outbound_flow_control_window -= len(data)

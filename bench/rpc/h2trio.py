@@ -48,6 +48,15 @@ _WINDOW = 64  # frames a Connect session may have waiting in each direction (as 
 _RESPONSE_HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc")]
 
 
+def take(pending: deque[bytes], window: int) -> bytes:
+    """Pop at most `window` bytes off the front of `pending` (the rest stays first in line)."""
+    data = pending.popleft()
+    if len(data) > window:
+        pending.appendleft(data[window:])
+        data = data[:window]
+    return data
+
+
 class _Call:
     __slots__ = ("buffer", "drained", "frames_in", "headers", "headers_sent", "path", "pending", "trailers")
 
@@ -187,11 +196,7 @@ class _Connection:
             window = min(self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size)
             if window <= 0:
                 return False
-            data = pending.popleft()
-            if len(data) > window:
-                pending.appendleft(data[window:])
-                data = data[:window]
-            self.h2.send_data(stream_id, data)
+            self.h2.send_data(stream_id, take(pending, window))
         return True
 
     def _call_done(self, stream_id: int) -> None:
