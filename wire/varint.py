@@ -16,3 +16,22 @@ def encode_varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+class VarintError(ValueError):
+    """The bytes do not hold a complete varint of at most ten bytes (64 bits)."""
+
+
+def decode_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """The varint at `data[pos:end]` and the position after it. Raises VarintError when it runs
+    past `end` or past ten bytes."""
+    value = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise VarintError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7

@@ -16,7 +16,7 @@ import betterproto2
 
 from node.mesh import _peer_model as m
 from protos.gen.asgard import v1 as pb
-from wire.varint import encode_varint
+from wire.varint import VarintError, decode_varint, encode_varint
 
 _PREFIX = struct.Struct(">BI")  # gRPC message prefix: compressed flag, length
 MERGE_MAX_BYTES = 256 << 10
@@ -29,19 +29,6 @@ _HOPS_TAG = 0x12  # PeerFrames.hops: field 2, wire type 2
 
 class PeerDecodeError(ValueError):
     """A peer sent bytes that are not a PeerMessage this node understands."""
-
-
-def _read_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= end or shift > 63:
-            raise PeerDecodeError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
 
 
 def encode_frames(message: m.Frames) -> bytes:
@@ -62,10 +49,12 @@ def encode_frames(message: m.Frames) -> bytes:
 
 def decode_frames(data: bytes, start: int = 0, end: int | None = None) -> m.Frames | None:
     """The fast path for a message (`data[start:end]`) that is exactly one `frames` field; None:
-    use the slow path. Each frame is one slice of `data` (the bytes the relay then passes on)."""
+    use the slow path. Each frame is one slice of `data` (the bytes the relay then passes on).
+    A truncated message raises PeerDecodeError, or VarintError inside a varint (`decode_at` makes
+    that a PeerDecodeError too)."""
     if end is None:
         end = len(data)
-    length, pos = _read_varint(data, start + 1, end)
+    length, pos = decode_varint(data, start + 1, end)
     if pos + length > end:
         raise PeerDecodeError("truncated PeerFrames")  # betterproto2 would read it as empty frames
     if pos + length != end:
@@ -78,8 +67,8 @@ def decode_frames(data: bytes, start: int = 0, end: int | None = None) -> m.Fram
         if tag < 0x80 and size < 0x80:
             pos += 2
         else:
-            tag, pos = _read_varint(data, pos, end)
-            size, pos = _read_varint(data, pos, end)
+            tag, pos = decode_varint(data, pos, end)
+            size, pos = decode_varint(data, pos, end)
         stop = pos + size
         if stop > end:
             raise PeerDecodeError("truncated frame in PeerFrames")
@@ -155,7 +144,10 @@ def decode_at(data: bytes, start: int, end: int) -> m.PeerMessage:
     """The link message in `data[start:end]` (frames are sliced out without copying the rest);
     raises PeerDecodeError for anything else."""
     if end > start and data[start] == _FRAMES_TAG:
-        fast = decode_frames(data, start, end)
+        try:
+            fast = decode_frames(data, start, end)
+        except VarintError as exc:
+            raise PeerDecodeError(str(exc)) from None
         if fast is not None:
             return fast
     try:

@@ -22,10 +22,9 @@ from typing import Any
 from grpclib.encoding.proto import ProtoCodec
 
 from protos.gen.asgard import v1 as pb
-from wire.varint import encode_varint
+from wire.varint import VarintError, decode_varint, encode_varint
 
 _FRAME_TAG = 0x0A  # field 1, wire type 2 (length-delimited)
-_MAX_VARINT = 10
 
 
 def encode_frame_message(frame: bytes) -> bytes:
@@ -39,15 +38,11 @@ def decode_frame_message_canonical(data: bytes) -> bytes | None:
     """The `frame` of a canonical `{ bytes frame = 1; }` message, or None for any other form."""
     if len(data) < 2 or data[0] != _FRAME_TAG:
         return None
-    length = shift = 0
-    for i in range(1, min(len(data), 1 + _MAX_VARINT)):
-        byte = data[i]
-        length |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            start = i + 1
-            return data[start:] if start + length == len(data) else None
-        shift += 7
-    return None
+    try:
+        length, start = decode_varint(data, 1, len(data))
+    except VarintError:
+        return None
+    return data[start:] if start + length == len(data) else None
 
 
 def encode_send_ack(ack: pb.SendAck) -> bytes:
